@@ -1,0 +1,248 @@
+"""The LightningModule: a causal LM, its energy head, an optional frozen reference copy and an objective.
+
+``fit`` minimises the objective (SFT to make target and retain models, or an unlearning method).
+``validate`` and ``test`` score every TOFU evaluation set, gather per-item values across processes
+(each item once) and write one results file per run with per-item values and aggregates.
+"""
+
+from __future__ import annotations
+
+import copy
+import logging
+import math
+from pathlib import Path
+from typing import Any
+
+import lightning as L
+import numpy as np
+import torch
+from lightning.pytorch.utilities import rank_zero_info, rank_zero_only
+from torch import Tensor, nn
+
+from eua.data.datamodule import EVAL_SETS
+from eua.data.datasets import PairedDataset
+from eua.energy import EnergyHead
+from eua.evaluation.results import ResultsError, forget_truth_ratios, write_json_atomic
+from eua.evaluation.scoring import SCORE_FIELDS, score_batch
+from eua.evaluation.tofu import aggregate, format_table, per_item_table
+from eua.metrics.per_item import PerItemScores
+from eua.models.loading import ModelSpec, load_model, load_tokenizer
+from eua.objectives import SFT, Objective
+
+log = logging.getLogger(__name__)
+
+
+class UnlearningModule(L.LightningModule):
+    """Trains and evaluates one causal LM with one objective.
+
+    Args:
+        lm: where the language model comes from (hub id, folder, GGUF file or ``tiny``).
+        objective: the training objective (``SFT`` when unset).
+        learning_rate: AdamW learning rate.
+        weight_decay: AdamW weight decay.
+        warmup_ratio: share of the training steps with a linear learning-rate warmup.
+        energy_temperature: temperature of the energy head; unset takes the objective's
+            ``temperature`` (EUA), else 1.
+        max_new_tokens: generation length for ROUGE-L.
+        generate_on_validation: also generate (for ROUGE-L) in ``validate``, which is slower.
+        retain_results: results file of the retain model, for forget quality.
+        results_path: where ``test``/``validate`` write the results JSON; unset writes
+            ``<log dir>/results_<stage>.json``.
+        overwrite_results: replace an existing results file.
+        export_dir: after ``fit``, save the model and tokenizer there (safetensors).
+    """
+
+    def __init__(
+        self,
+        lm: ModelSpec = ModelSpec(),  # noqa: B008 - read only, never mutated
+        objective: Objective | None = None,
+        learning_rate: float = 1e-5,
+        weight_decay: float = 0.0,
+        warmup_ratio: float = 0.0,
+        energy_temperature: float | None = None,
+        max_new_tokens: int = 64,
+        generate_on_validation: bool = False,
+        retain_results: str | None = None,
+        results_path: str | None = None,
+        overwrite_results: bool = False,
+        export_dir: str | None = None,
+    ) -> None:
+        super().__init__()
+        self.lm_spec = lm
+        self.objective = objective or SFT()
+        self.save_hyperparameters(ignore=["objective"])
+
+        self.tokenizer = load_tokenizer(self.lm_spec)
+        self.model = load_model(self.lm_spec).train()
+        temperature = energy_temperature or getattr(self.objective, "temperature", 1.0)
+        self.energy_head = EnergyHead(temperature)
+        self.eval_scores = nn.ModuleDict({name: PerItemScores(SCORE_FIELDS) for name in EVAL_SETS})
+
+        # The reference model is kept outside the module tree, so it is neither trained, nor saved
+        # in checkpoints, nor wrapped by the strategy.
+        self._reference: list[nn.Module] = []
+        self.last_results: dict[str, Any] | None = None
+
+    # ------------------------------------------------------------------------------ forward
+
+    def logits(self, part: dict[str, Tensor]) -> Tensor:
+        return self.model(input_ids=part["input_ids"], attention_mask=part["attention_mask"]).logits
+
+    @property
+    def reference_model(self) -> nn.Module:
+        if not self._reference:
+            raise RuntimeError(f"objective {self.objective.name!r} asked for a reference model, but none was built")
+        return self._reference[0]
+
+    @torch.no_grad()
+    def reference_logits(self, part: dict[str, Tensor]) -> Tensor:
+        return self.reference_model(input_ids=part["input_ids"], attention_mask=part["attention_mask"]).logits
+
+    # ------------------------------------------------------------------------------ fit
+
+    def on_fit_start(self) -> None:
+        if self.objective.needs_reference and not self._reference:
+            reference = copy.deepcopy(self.model).eval()
+            reference.requires_grad_(False)
+            self._reference.append(reference.to(self.device))
+            rank_zero_info("Built the frozen reference model from the starting weights")
+
+    def on_train_epoch_start(self) -> None:
+        datamodule = getattr(self.trainer, "datamodule", None)
+        dataset = getattr(datamodule, "train_dataset", None)
+        if isinstance(dataset, PairedDataset):
+            dataset.set_epoch(self.current_epoch)
+
+    def training_step(self, batch: dict[str, Any], batch_idx: int) -> Tensor:
+        if self.objective.paired != ("forget" in batch):
+            kind = "paired forget/retain/refusal" if self.objective.paired else "plain question-answer"
+            raise ValueError(
+                f"objective {self.objective.name!r} needs {kind} batches; set data.mode to "
+                f"{'unlearn' if self.objective.paired else 'finetune'}"
+            )
+        output = self.objective(self, batch)
+        if not torch.isfinite(output.loss):
+            terms = {name: float(value) for name, value in output.terms.items()}
+            raise FloatingPointError(
+                f"non-finite loss {float(output.loss)} at step {self.global_step} "
+                f"(objective {self.objective.name}, terms {terms}); lower the learning rate"
+            )
+
+        batch_size = len(batch["forget"]["input_ids"]) if "forget" in batch else len(batch["input_ids"])
+        self.log("train/loss", output.loss, prog_bar=True, batch_size=batch_size)
+        for name, value in output.terms.items():
+            self.log(f"train/{name}", value, batch_size=batch_size)
+        return output.loss
+
+    def configure_optimizers(self) -> Any:
+        parameters = [p for p in self.model.parameters() if p.requires_grad]
+        optimizer = torch.optim.AdamW(
+            parameters, lr=self.hparams.learning_rate, weight_decay=self.hparams.weight_decay
+        )
+        if not self.hparams.warmup_ratio:
+            return optimizer
+
+        total = max(1, self.trainer.estimated_stepping_batches)
+        warmup = max(1, math.ceil(self.hparams.warmup_ratio * total))
+        scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, lambda step: min(1.0, (step + 1) / warmup))
+        return {"optimizer": optimizer, "lr_scheduler": {"scheduler": scheduler, "interval": "step"}}
+
+    def on_fit_end(self) -> None:
+        if self.hparams.export_dir:
+            self.export(self.hparams.export_dir)
+
+    @rank_zero_only
+    def export(self, directory: str) -> None:
+        """Save the model (safetensors) and tokenizer with ``save_pretrained``."""
+        target = Path(directory)
+        partial = target.with_name(target.name + ".partial")
+        self.model.save_pretrained(partial, safe_serialization=True)
+        self.tokenizer.save_pretrained(partial)
+        if target.exists():
+            backup = target.with_name(target.name + ".old")
+            target.rename(backup)
+            partial.rename(target)
+            _remove_tree(backup)
+        else:
+            partial.rename(target)
+        rank_zero_info(f"Saved the model to {target}")
+
+    # ------------------------------------------------------------------------------ evaluation
+
+    def _eval_step(self, batch: dict[str, Any], dataloader_idx: int, generate: bool) -> None:
+        set_name = self.trainer.datamodule.eval_set_names[dataloader_idx]
+        scores = score_batch(
+            self.model, self.tokenizer, self.energy_head, batch, self.hparams.max_new_tokens, generate=generate
+        )
+        self.eval_scores[set_name].update(batch["index"], scores)
+
+    def validation_step(self, batch: dict[str, Any], batch_idx: int, dataloader_idx: int = 0) -> None:
+        self._eval_step(batch, dataloader_idx, generate=self.hparams.generate_on_validation)
+
+    def test_step(self, batch: dict[str, Any], batch_idx: int, dataloader_idx: int = 0) -> None:
+        self._eval_step(batch, dataloader_idx, generate=True)
+
+    def on_validation_epoch_end(self) -> None:
+        self._finish_evaluation("validate")
+
+    def on_test_epoch_end(self) -> None:
+        self._finish_evaluation("test")
+
+    def _finish_evaluation(self, stage: str) -> None:
+        per_set: dict[str, dict[str, np.ndarray]] = {}
+        for name in self.trainer.datamodule.eval_set_names:
+            computed = self.eval_scores[name].compute()
+            per_set[name] = {field: value.cpu().numpy() for field, value in computed.items()}
+            self.eval_scores[name].reset()
+
+        retain_ratios = None
+        if self.hparams.retain_results:
+            try:
+                retain_ratios = forget_truth_ratios(self.hparams.retain_results)
+            except ResultsError as error:
+                raise ResultsError(f"model.retain_results: {error}") from error
+        aggregates = aggregate(per_set, retain_ratios)
+
+        prefix = "val" if stage == "validate" else "test"
+        for key, value in aggregates.items():
+            if value is not None and not (isinstance(value, float) and math.isnan(value)):
+                self.log(f"{prefix}/{key}", float(value), sync_dist=False, rank_zero_only=True)
+
+        self.last_results = {
+            "meta": {
+                "stage": stage,
+                "model": self.lm_spec.name_or_path,
+                "objective": repr(self.objective),
+                "retain_results": self.hparams.retain_results,
+                "epoch": self.current_epoch,
+                "global_step": self.global_step,
+            },
+            "aggregate": aggregates,
+            "per_item": {name: per_item_table(scores) for name, scores in per_set.items()},
+        }
+        if self.trainer.sanity_checking:
+            return
+        if aggregates.get("forget_quality", 0) is None:
+            rank_zero_info(
+                "Forget quality is missing: evaluate a retain model with `eua test` and pass its "
+                "results file as --model.retain_results"
+            )
+        self._write_results(stage)
+
+    @rank_zero_only
+    def _write_results(self, stage: str) -> None:
+        path = self.hparams.results_path
+        if path is None:
+            folder = Path(self.trainer.log_dir or self.trainer.default_root_dir)
+            path = folder / f"results_{stage}_epoch{self.current_epoch}.json"
+            overwrite = True
+        else:
+            overwrite = self.hparams.overwrite_results
+        written = write_json_atomic(path, self.last_results, overwrite=overwrite)
+        rank_zero_info(f"Wrote {written}\n" + format_table({self.lm_spec.name_or_path: self.last_results["aggregate"]}))
+
+
+def _remove_tree(path: Path) -> None:
+    import shutil
+
+    shutil.rmtree(path, ignore_errors=True)
