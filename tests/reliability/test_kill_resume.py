@@ -154,7 +154,7 @@ def test_resume_restores_loader_position(runs: dict[str, Path]) -> None:
     # The last periodic checkpoint of the resumed run is step 18: epoch 1, 8 of its 10 batches done.
     checkpoint = torch.load(runs["killed"] / "checkpoints" / "last.ckpt", weights_only=True)
     assert checkpoint["global_step"] == 18
-    assert checkpoint["loops"]["fit_loop"]["combined_loader"] == [{"epoch": 1, "batches_yielded": 8, "seed": 0}]
+    assert checkpoint["loops"]["fit_loop"]["state_dict"]["combined_loader"] == [{"epoch": 1, "batches_yielded": 8, "seed": 0}]
 
 
 @pytest.mark.slow
