@@ -47,15 +47,17 @@ def check_finite(loss: Tensor, terms: Mapping[str, Tensor], batch: Mapping[str, 
     """Raise ``NonFiniteLossError`` when the loss or any logged term (energies included) is NaN or infinite."""
     values = {"loss": loss, **terms}
     values = {name: value.detach() for name, value in values.items()}
-    bad = {name: float(value) for name, value in values.items() if not bool(torch.isfinite(value).all())}
-    if not bad:
+    # One device-to-host sync per step: stack the checks before reading them.
+    finite = torch.stack([torch.isfinite(value).all() for value in values.values()])
+    if bool(finite.all()):
         return
+    bad = {name: float(value) for (name, value), ok in zip(values.items(), finite.tolist()) if not ok}
 
     example_ids = batch_example_ids(batch)
-    finite = {name: round(float(value), 6) for name, value in values.items() if name not in bad}
+    finite_terms = {name: round(float(value), 6) for name, value in values.items() if name not in bad}
     message = (
         f"non-finite {', '.join(f'{name}={value}' for name, value in bad.items())} at global step {step} "
-        f"(objective {objective}; finite terms {finite}); batch row indices {example_ids}. "
+        f"(objective {objective}; finite terms {finite_terms}); batch row indices {example_ids}. "
         "Lower the learning rate, or check those rows"
     )
     raise NonFiniteLossError(message, step, list(bad), example_ids)
