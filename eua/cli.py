@@ -9,6 +9,7 @@ Every run is a YAML file under ``configs/`` that the command line can override, 
 
 from __future__ import annotations
 
+import inspect
 import logging
 import os
 import sys
@@ -25,6 +26,16 @@ class EUACLI(LightningCLI):
     def add_arguments_to_parser(self, parser) -> None:
         parser.link_arguments("data.data_dir", "model.lm.data_dir")
 
+    def _prepare_subcommand_parser(self, klass: type, subcommand: str, **kwargs):
+        # Checkpoints given by --ckpt_path load with torch.load(weights_only=True), so a
+        # checkpoint file cannot run code; pass --weights_only false only for a trusted file.
+        # The argument exists only after this private LightningCLI method (lightning 2.6) added the
+        # Trainer method's arguments, so the default is set here and not in add_arguments_to_parser.
+        parser = super()._prepare_subcommand_parser(klass, subcommand, **kwargs)
+        if "weights_only" in inspect.signature(getattr(klass, subcommand)).parameters:
+            parser.set_defaults(weights_only=True)
+        return parser
+
 
 def configure_environment() -> None:
     """Keep W&B offline unless the user chose a mode, and send library logs to stderr."""
@@ -39,7 +50,9 @@ def build_cli(args: list[str] | None = None, run: bool = True) -> EUACLI:
         args=args,
         run=run,
         save_config_kwargs={"overwrite": True},
-        parser_kwargs={"default_env": False},
+        # allow_abbrev=False: argparse would otherwise take a misspelled key that is a prefix of a
+        # real one (--trainer.max_epoch) as that key, instead of rejecting it.
+        parser_kwargs={"default_env": False, "allow_abbrev": False},
     )
 
 

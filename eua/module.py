@@ -19,6 +19,7 @@ import torch
 from lightning.pytorch.utilities import rank_zero_info, rank_zero_only
 from torch import Tensor, nn
 
+from eua.callbacks import NonFiniteGuard, check_finite
 from eua.data.datamodule import EVAL_SETS
 from eua.data.datasets import PairedDataset
 from eua.energy import EnergyHead
@@ -100,12 +101,21 @@ class UnlearningModule(L.LightningModule):
 
     # ------------------------------------------------------------------------------ fit
 
-    def on_fit_start(self) -> None:
-        if self.objective.needs_reference and not self._reference:
+    def setup(self, stage: str) -> None:
+        # ``setup`` runs before Lightning restores a checkpoint, so on a resumed run (--ckpt_path)
+        # the reference is still the model loaded from ``lm``, never the resumed weights.
+        if stage == "fit" and self.objective.needs_reference and not self._reference:
             reference = copy.deepcopy(self.model).eval()
             reference.requires_grad_(False)
-            self._reference.append(reference.to(self.device))
+            self._reference.append(reference)
             rank_zero_info("Built the frozen reference model from the starting weights")
+
+    def on_fit_start(self) -> None:
+        if self._reference:
+            self._reference[0].to(self.device)
+
+    def configure_callbacks(self) -> list[L.Callback]:
+        return [NonFiniteGuard()]
 
     def on_train_epoch_start(self) -> None:
         datamodule = getattr(self.trainer, "datamodule", None)
@@ -121,12 +131,7 @@ class UnlearningModule(L.LightningModule):
                 f"{'unlearn' if self.objective.paired else 'finetune'}"
             )
         output = self.objective(self, batch)
-        if not torch.isfinite(output.loss):
-            terms = {name: float(value) for name, value in output.terms.items()}
-            raise FloatingPointError(
-                f"non-finite loss {float(output.loss)} at step {self.global_step} "
-                f"(objective {self.objective.name}, terms {terms}); lower the learning rate"
-            )
+        check_finite(output.loss, output.terms, batch, self.global_step, self.objective.name)
 
         batch_size = len(batch["forget"]["input_ids"]) if "forget" in batch else len(batch["input_ids"])
         self.log("train/loss", output.loss, prog_bar=True, batch_size=batch_size)
@@ -156,6 +161,7 @@ class UnlearningModule(L.LightningModule):
         """Save the model (safetensors) and tokenizer with ``save_pretrained``."""
         target = Path(directory)
         partial = target.with_name(target.name + ".partial")
+        _remove_tree(partial)  # left over from an export that crashed
         self.model.save_pretrained(partial, safe_serialization=True)
         self.tokenizer.save_pretrained(partial)
         if target.exists():

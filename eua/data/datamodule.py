@@ -28,6 +28,8 @@ from eua.data.datasets import (
     QADataset,
     refusal_rows,
 )
+from eua.data.formatting import describe_format
+from eua.data.resumable import ResumableDataLoader
 from eua.data.tofu import DataError, load_split, retain_split_for
 
 log = logging.getLogger(__name__)
@@ -59,7 +61,9 @@ class TOFUDataModule(L.LightningDataModule):
         batch_size: training batch size (per part, for paired batches).
         eval_batch_size: evaluation batch size.
         num_workers: DataLoader worker processes.
-        seed: seed of the random retain partners in paired batches.
+        seed: seed of the training order and of the random retain partners in paired batches.
+        allow_overlap: accept forget rows that also appear in the retain set (same question and
+            answer) with a warning; ``false`` raises ``DataError`` instead.
     """
 
     def __init__(
@@ -77,6 +81,7 @@ class TOFUDataModule(L.LightningDataModule):
         eval_batch_size: int = 32,
         num_workers: int = 0,
         seed: int = 0,
+        allow_overlap: bool = True,
     ) -> None:
         super().__init__()
         self.save_hyperparameters()
@@ -107,8 +112,16 @@ class TOFUDataModule(L.LightningDataModule):
     def _warn_overlap(self, retain: list[dict[str, Any]]) -> None:
         forget_pairs = {(row["question"], row["answer"]) for row in self.forget_rows()}
         shared = sum((row["question"], row["answer"]) in forget_pairs for row in retain)
-        if shared:
-            rank_zero_warn(f"{shared} rows appear in both the forget set and the retain set; check the splits")
+        if not shared:
+            return
+        retain_split = self.hparams.retain_split or retain_split_for(self.hparams.forget_split)
+        message = (
+            f"{shared} of {len(retain)} rows of retain split {retain_split!r} also appear in forget split "
+            f"{self.hparams.forget_split!r} (same question and answer)"
+        )
+        if not self.hparams.allow_overlap:
+            raise DataError(f"{message}; remove them from the retain split, or set data.allow_overlap true to accept them")
+        rank_zero_warn(f"{message}; the model is trained to forget and to keep them at once. Check the splits")
 
     def eval_rows(self, name: str) -> list[dict[str, Any]]:
         """Rows of evaluation set ``name``, restricted to the retain subset for ``retain``."""
@@ -140,6 +153,7 @@ class TOFUDataModule(L.LightningDataModule):
     def setup(self, stage: str | None = None) -> None:
         tokenizer = self._resolve_tokenizer()
         max_length = self.hparams.max_length
+        rank_zero_info(f"Prompt format: {describe_format(tokenizer)}; padding with {self._describe_padding(tokenizer)}")
 
         if stage in (None, "fit") and self.train_dataset is None:
             self.train_dataset = self._build_train_dataset(tokenizer, max_length)
@@ -147,6 +161,7 @@ class TOFUDataModule(L.LightningDataModule):
         if stage in (None, "fit", "validate", "test") and not self.eval_datasets:
             for name in self.eval_set_names:
                 dataset = EvalDataset(self.eval_rows(name), tokenizer, max_length, correct_field=EVAL_SETS[name])
+                self._report_truncation(f"{name} evaluation", dataset)
                 self.eval_datasets[name] = dataset
 
     def _build_train_dataset(self, tokenizer: PreTrainedTokenizerBase, max_length: int) -> QADataset | PairedDataset:
@@ -171,35 +186,41 @@ class TOFUDataModule(L.LightningDataModule):
         rank_zero_info(f"Unlearning {len(forget)} forget rows against {len(retain)} retain rows")
         return PairedDataset(parts["forget"], parts["retain"], parts["refusal"], seed=self.hparams.seed)
 
-    def _report_truncation(self, name: str, dataset: QADataset) -> None:
+    def _report_truncation(self, name: str, dataset: QADataset | EvalDataset) -> None:
         if dataset.truncated_count:
             rank_zero_warn(
-                f"{dataset.truncated_count} of {len(dataset)} {name} answers were cut to "
-                f"max_length={self.hparams.max_length} tokens; raise max_length to keep them whole"
+                f"{dataset.truncated_count} of {len(dataset)} {name} rows had an answer cut to "
+                f"max_length={self.hparams.max_length} tokens; raise data.max_length to keep them whole"
             )
 
     # ----------------------------------------------------------------------------------- loaders
+
+    @staticmethod
+    def _describe_padding(tokenizer: PreTrainedTokenizerBase) -> str:
+        if tokenizer.pad_token_id is not None:
+            return f"pad token {tokenizer.pad_token!r}"
+        return f"eos token {tokenizer.eos_token!r} because the tokenizer has no pad token (padding is masked out)"
 
     @property
     def pad_token_id(self) -> int:
         tokenizer = self._resolve_tokenizer()
         pad = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else tokenizer.eos_token_id
         if pad is None:
-            raise ValueError("the tokenizer has neither a pad nor an eos token; set tokenizer.pad_token")
+            raise ValueError("the tokenizer has neither a pad nor an eos token; set tokenizer.pad_token (or eos_token)")
         return pad
 
-    def train_dataloader(self) -> DataLoader:
+    def train_dataloader(self) -> ResumableDataLoader:
         dataset = self.train_dataset
         if isinstance(dataset, PairedDataset):
             collate = PairedCollator(self.pad_token_id)
         else:
             collate = QACollator(self.pad_token_id)
-        return DataLoader(
+        return ResumableDataLoader(
             dataset,
             batch_size=self.hparams.batch_size,
-            shuffle=True,
             collate_fn=collate,
             num_workers=self.hparams.num_workers,
+            seed=self.hparams.seed,
         )
 
     def eval_dataloaders(self) -> list[DataLoader]:

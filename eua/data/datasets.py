@@ -113,6 +113,14 @@ class EvalDataset(Dataset):
                 }
             )
 
+    @property
+    def truncated_count(self) -> int:
+        """Rows whose answer, correct answer or any perturbed answer was cut to ``max_length``."""
+        return sum(
+            item["answer"].truncated or item["correct"].truncated or any(p.truncated for p in item["perturbed"])
+            for item in self.items
+        )
+
     def __len__(self) -> int:
         return len(self.items)
 

@@ -33,6 +33,17 @@ def has_chat_template(tokenizer: PreTrainedTokenizerBase) -> bool:
     return bool(getattr(tokenizer, "chat_template", None))
 
 
+def describe_format(tokenizer: PreTrainedTokenizerBase) -> str:
+    """Describe the prompt format and answer end token that ``encode_pair`` uses with ``tokenizer``."""
+    end = tokenizer.convert_ids_to_tokens(end_of_turn_id(tokenizer))
+    if has_chat_template(tokenizer):
+        return f"the tokenizer's chat template, answers ending with {end!r}"
+    return (
+        f"no chat template, so the plain prompt {PLAIN_PROMPT!r} is used, answers ending with eos {end!r}; "
+        "set tokenizer.chat_template to use a chat format"
+    )
+
+
 def prompt_text(tokenizer: PreTrainedTokenizerBase, question: str) -> str:
     """Return the text the model sees before its answer."""
     if has_chat_template(tokenizer):

