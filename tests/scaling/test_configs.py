@@ -15,7 +15,7 @@ SWEEPS = sorted((REPO_ROOT / "configs" / "sweeps").glob("*.yaml"))
 
 def _print_config(args: list[str], capsys) -> dict:
     with pytest.raises(SystemExit) as exit_info:
-        build_cli(["fit", *args, "--print_config"], run=False)
+        build_cli(["fit", "--print_config", *args])
     captured = capsys.readouterr()
     assert exit_info.value.code == 0, captured.err[-2000:]
     return yaml.safe_load(captured.out)

@@ -61,11 +61,13 @@ def test_wandb_offline_writes_a_run_folder(tiny_spec, make_data, tmp_path, monke
 
     runs = list((tmp_path / "wandb").glob("offline-run-*"))
     assert len(runs) == 1, list((tmp_path / "wandb").iterdir())
-    assert list(runs[0].glob("run-*.wandb")), "no run data file"
+    run_files = list(runs[0].glob("run-*.wandb"))
+    assert len(run_files) == 1, "no run data file"
     images = list(runs[0].rglob("files/media/images/**/*.png"))
     assert len(images) == 2, "one energy histogram per validation"
-    config = (runs[0] / "files" / "config.yaml").read_text()
-    assert "learning_rate" in config
+    records = run_files[0].read_bytes()
+    assert b"learning_rate" in records, "the run's config was not logged"
+    assert b"val/energy_auroc" in records, "validation metrics were not logged"
 
 
 def test_csv_logger_without_wandb_account(tiny_spec, make_data, tmp_path, no_wandb_account):
