@@ -29,6 +29,11 @@ def decoder_layers(model: nn.Module) -> list[nn.Module]:
 def fully_shard_layers(model: nn.Module, mesh) -> None:
     """Apply FSDP2's ``fully_shard`` to every decoder layer of ``model`` and then to ``model``."""
     from torch.distributed.fsdp import fully_shard
+    from torch.distributed.tensor import DTensor
+
+    # Lightning calls configure_model again for each run (fit, then test) on the same module.
+    if any(isinstance(parameter, DTensor) for parameter in model.parameters()):
+        return
 
     layers = decoder_layers(model)
     for layer in layers:

@@ -117,7 +117,8 @@ def test_energy_histograms_write_npz_and_png(tmp_path):
     ]
     expected = np.random.default_rng(1).normal(2.0, 1, 7)
     np.testing.assert_allclose(saved["forget/energy_answer"], expected, rtol=1e-6)
-    assert float(saved["threshold"]) == 0.5 and int(saved["epoch"]) == 1
+    assert float(saved["threshold"]) == 0.5
+    assert int(saved["epoch"]) == 1
     assert (tmp_path / "energy" / files[1]).read_bytes()[:4] == b"\x89PNG"
 
 

@@ -27,7 +27,8 @@ def test_sweep_parameters_are_cli_options(sweep, capsys, monkeypatch):
     definition = yaml.safe_load(sweep.read_text())
     assert definition["metric"]["name"] == "val/score"
     command = definition["command"]
-    assert command[:4] == ["${env}", "python", "-m", "eua.cli"] and command[-1] == "${args}"
+    assert command[:4] == ["${env}", "python", "-m", "eua.cli"]
+    assert command[-1] == "${args}"
 
     values = {}
     for key, spec in definition["parameters"].items():

@@ -3,7 +3,7 @@
 For fit, both processes read the same batches (``use_distributed_sampler=False``), so the averaged
 gradient equals the single-process gradient and the trained weights must match. For test, the
 distributed sampler splits five items per set over two processes and pads the split to six by
-repeating one; each item must still be counted once and score the same as on one process.
+repeating one. Each item must still be counted once and score the same as on one process.
 """
 
 from __future__ import annotations

@@ -37,7 +37,8 @@ def test_notebook_executes_on_a_saved_run(tiny_spec, make_data, tmp_path, monkey
         saved = sorted((folder / "energy").glob("*.npz"))
         assert [p.name[:28] for p in saved] == ["energy_validate_epoch000_ste", "energy_validate_epoch001_ste"]
         with np.load(saved[-1]) as values:
-            assert values["forget/energy_answer"].shape == (5,) and np.isfinite(values["forget/energy_answer"]).all()
+            assert values["forget/energy_answer"].shape == (5,)
+            assert np.isfinite(values["forget/energy_answer"]).all()
         runs[name] = str(folder)
 
     figure = tmp_path / "figure.png"

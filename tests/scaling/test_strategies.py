@@ -51,7 +51,7 @@ def test_fsdp_config_is_full_shard_by_decoder_layer():
     assert strategy._state_dict_type == "full"
 
 
-def test_fsdp_on_cpu_is_refused_with_a_clear_error():
+def test_fsdp_on_cpu_raises():
     strategy = _trainer_args("fsdp")["strategy"]
     with pytest.raises(ValueError, match="requires a GPU accelerator"):
         Trainer(accelerator="cpu", devices=1, strategy=strategy, precision="bf16-mixed", logger=False)
@@ -80,3 +80,6 @@ def test_fsdp2_fit_step_on_cpu(tiny_spec, make_data, tmp_path):
     changed = [n for n, p in parameters.items() if not torch.equal(p.full_tensor(), before[n])]
     assert changed, "the fit step changed no weight"
     assert module._reference and not any(p.requires_grad for p in module.reference_model.parameters())
+
+    trainer.test(module, datamodule=make_data(eval_sets=["forget"]))
+    assert module.last_results["per_item"]["forget"]["index"] == list(range(5))
