@@ -1,94 +1,271 @@
-"""Training guards: stop on a non-finite loss or energy, after saving the last good state.
+"""Callbacks for evaluation during training: energy histograms, best-checkpoint selection, epoch summaries.
 
-``check_finite`` runs inside ``training_step`` before the backward pass, so when it raises
-``NonFiniteLossError`` the optimizer has not stepped and the weights are still those of the last
-finite step. ``NonFiniteGuard.on_exception`` then saves a full Lightning checkpoint of that state
-(weights, optimizer, loop and data-loader position) and adds its path to the error message.
+All three read ``UnlearningModule.last_results``, which validation and test fill on every process
+with the same values (per-item scores gathered across processes, each item once), so they behave
+the same under single-device, DDP and FSDP runs.
+
+- ``EnergyHistograms`` saves the per-item answer energies of the forget, retain and holdout sets
+  after each evaluation as ``energy_<stage>_epoch<E>_step<S>.npz`` and a PNG histogram, with the
+  refusal threshold marked when one is given, and logs the image to W&B when that logger is used.
+- ``BestCheckpoint`` is Lightning's ``ModelCheckpoint`` monitoring ``val/score``, the mean of the
+  chosen aggregates (by default forget quality and model utility).
+- ``EpochSummary`` writes one log line per training epoch.
 """
 
 from __future__ import annotations
 
 import logging
-from collections.abc import Mapping
+import math
+import time
 from pathlib import Path
 from typing import Any
 
 import lightning as L
+import numpy as np
 import torch
-from lightning.pytorch.callbacks import Callback
-from torch import Tensor
+from lightning.pytorch.callbacks import Callback, ModelCheckpoint
+from lightning.pytorch.loggers import WandbLogger
+from lightning.pytorch.utilities import rank_zero_only, rank_zero_warn
 
 log = logging.getLogger(__name__)
 
-
-class NonFiniteLossError(FloatingPointError):
-    """A NaN or infinite loss or loss term, with the step, the terms and the batch's row indices."""
-
-    def __init__(self, message: str, step: int, terms: list[str], example_ids: dict[str, list[int]]) -> None:
-        super().__init__(message)
-        self.step = step
-        self.terms = terms
-        self.example_ids = example_ids
-        self.checkpoint_path: Path | None = None
+ENERGY_FIELDS = ("energy_answer", "energy_prompt")
+DEFAULT_ENERGY_SETS = ("forget", "retain", "holdout")
 
 
-def batch_example_ids(batch: Mapping[str, Any]) -> dict[str, list[int]]:
-    """Row indices of every part of a batch: ``{"forget": [...], "retain": [...], ...}`` or ``{"batch": [...]}``."""
-    if "index" in batch:
-        return {"batch": [int(i) for i in batch["index"]]}
-    return {
-        part: [int(i) for i in value["index"]]
-        for part, value in batch.items()
-        if isinstance(value, Mapping) and "index" in value
-    }
+def _last_results(pl_module: L.LightningModule) -> dict[str, Any] | None:
+    return getattr(pl_module, "last_results", None)
 
 
-def check_finite(loss: Tensor, terms: Mapping[str, Tensor], batch: Mapping[str, Any], step: int, objective: str) -> None:
-    """Raise ``NonFiniteLossError`` when the loss or any logged term (energies included) is NaN or infinite."""
-    values = {"loss": loss, **terms}
-    values = {name: value.detach() for name, value in values.items()}
-    # One device-to-host sync per step: stack the checks before reading them.
-    finite = torch.stack([torch.isfinite(value).all() for value in values.values()])
-    if bool(finite.all()):
-        return
-    bad = {name: float(value) for (name, value), ok in zip(values.items(), finite.tolist()) if not ok}
+class EnergyHistograms(Callback):
+    """Save forget, retain and holdout energies after each validation and test, as ``.npz`` and PNG.
 
-    example_ids = batch_example_ids(batch)
-    finite_terms = {name: round(float(value), 6) for name, value in values.items() if name not in bad}
-    message = (
-        f"non-finite {', '.join(f'{name}={value}' for name, value in bad.items())} at global step {step} "
-        f"(objective {objective}; finite terms {finite_terms}); batch row indices {example_ids}. "
-        "Lower the learning rate, or check those rows"
-    )
-    raise NonFiniteLossError(message, step, list(bad), example_ids)
-
-
-class NonFiniteGuard(Callback):
-    """Save a checkpoint of the last good state when training stops on ``NonFiniteLossError``.
+    Each ``.npz`` contains ``<set>/energy_answer`` and ``<set>/energy_prompt`` (one value per item,
+    in item order) and the scalars ``epoch``, ``global_step``, ``stage`` and ``threshold`` (NaN
+    when unset). See ``notebooks/energy_histograms.ipynb`` to compare runs and checkpoints.
 
     Args:
-        dirpath: folder of the checkpoint; unset uses the ``ModelCheckpoint`` folder, else the log dir.
+        dirpath: output folder; unset uses ``<log dir>/energy``.
+        sets: evaluation sets to keep; unset keeps forget, retain and holdout when evaluated.
+        field: energy drawn in the PNG, ``energy_answer`` (mean over answer tokens) or
+            ``energy_prompt`` (at the first answer position).
+        threshold: refusal threshold on the energy, drawn as a vertical line.
+        bins: histogram bins.
     """
 
-    def __init__(self, dirpath: str | None = None) -> None:
+    def __init__(
+        self,
+        dirpath: str | None = None,
+        sets: list[str] | None = None,
+        field: str = "energy_answer",
+        threshold: float | None = None,
+        bins: int = 40,
+    ) -> None:
+        if field not in ENERGY_FIELDS:
+            raise ValueError(f"EnergyHistograms.field must be one of {ENERGY_FIELDS}, got {field!r}")
         self.dirpath = dirpath
+        self.sets = list(sets) if sets is not None else None
+        self.field = field
+        self.threshold = threshold
+        self.bins = bins
+        self.saved: list[Path] = []
 
-    def _folder(self, trainer: L.Trainer) -> Path:
-        if self.dirpath:
+    def on_validation_end(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
+        if not trainer.sanity_checking:
+            self._save(trainer, pl_module, "validate")
+
+    def on_test_end(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
+        self._save(trainer, pl_module, "test")
+
+    def folder(self, trainer: L.Trainer) -> Path:
+        if self.dirpath is not None:
             return Path(self.dirpath)
-        checkpoint_callback = trainer.checkpoint_callback
-        if checkpoint_callback is not None and getattr(checkpoint_callback, "dirpath", None):
-            return Path(checkpoint_callback.dirpath)
-        return Path(trainer.log_dir or trainer.default_root_dir) / "checkpoints"
+        return Path(trainer.log_dir or trainer.default_root_dir) / "energy"
 
-    def on_exception(self, trainer: L.Trainer, pl_module: L.LightningModule, exception: BaseException) -> None:
-        if not isinstance(exception, NonFiniteLossError):
+    @rank_zero_only
+    def _save(self, trainer: L.Trainer, pl_module: L.LightningModule, stage: str) -> None:
+        results = _last_results(pl_module)
+        if not results:
             return
-        # NOTE: save_checkpoint waits on a barrier across processes, so with several devices this
-        # works only when every rank raised. Only single-process training is tested.
-        path = self._folder(trainer) / f"last-finite-step{exception.step}.ckpt"
-        # A full checkpoint (optimizer and loop state too), so the run can resume from it.
-        trainer.save_checkpoint(path, weights_only=False)
-        exception.checkpoint_path = path
-        exception.args = (f"{exception.args[0]}. Saved the last finite state to {path}",)
-        log.error("Stopped training: %s", exception.args[0])
+        per_item = results["per_item"]
+        wanted = self.sets if self.sets is not None else [name for name in DEFAULT_ENERGY_SETS if name in per_item]
+        missing = [name for name in wanted if name not in per_item]
+        if missing:
+            rank_zero_warn(
+                f"EnergyHistograms: sets {missing} were not evaluated (evaluated: {sorted(per_item)}); "
+                "add them to data.eval_sets or drop them from the callback's sets"
+            )
+        present = [name for name in wanted if name in per_item]
+        if not present:
+            return
+
+        arrays: dict[str, np.ndarray] = {}
+        for name in present:
+            for field in ENERGY_FIELDS:
+                arrays[f"{name}/{field}"] = np.asarray(per_item[name][field], dtype=np.float32)
+        threshold = float("nan") if self.threshold is None else float(self.threshold)
+        folder = self.folder(trainer)
+        folder.mkdir(parents=True, exist_ok=True)
+        stem = f"energy_{stage}_epoch{trainer.current_epoch:03d}_step{trainer.global_step:06d}"
+        npz_path = folder / f"{stem}.npz"
+        np.savez_compressed(
+            npz_path,
+            epoch=trainer.current_epoch,
+            global_step=trainer.global_step,
+            stage=stage,
+            threshold=threshold,
+            model=str(results["meta"].get("model", "")),
+            **arrays,
+        )
+
+        title = f"{results['meta'].get('model', '')} {stage} epoch {trainer.current_epoch}"
+        png_path = plot_energy_histogram(
+            {name: arrays[f"{name}/{self.field}"] for name in present},
+            folder / f"{stem}.png",
+            threshold=self.threshold,
+            bins=self.bins,
+            title=title,
+            xlabel=self.field.replace("_", " "),
+        )
+        self.saved += [npz_path, png_path]
+        for logger in trainer.loggers:
+            if isinstance(logger, WandbLogger):
+                logger.log_image(key=f"energy/{stage}", images=[str(png_path)], step=trainer.global_step)
+        log.info("Saved energy values to %s and the histogram to %s", npz_path, png_path)
+
+
+def plot_energy_histogram(
+    values: dict[str, np.ndarray],
+    path: str | Path,
+    threshold: float | None = None,
+    bins: int = 40,
+    title: str = "",
+    xlabel: str = "energy",
+) -> Path:
+    """Draw overlaid density histograms of ``{set name: energies}`` and save them as a PNG."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    finite = {name: v[np.isfinite(v)] for name, v in values.items()}
+    everything = np.concatenate([v for v in finite.values() if v.size] or [np.zeros(1)])
+    edges = np.histogram_bin_edges(everything, bins=bins)
+
+    figure, axes = plt.subplots(figsize=(6, 3.5))
+    for name, energies in finite.items():
+        axes.hist(energies, bins=edges, density=True, alpha=0.5, label=f"{name} (n={energies.size})")
+    if threshold is not None:
+        axes.axvline(threshold, color="black", linestyle="--", label=f"refusal threshold {threshold:.3g}")
+    axes.set_xlabel(xlabel)
+    axes.set_ylabel("density")
+    axes.set_title(title, fontsize=9)
+    axes.legend(fontsize=8)
+    figure.tight_layout()
+    path = Path(path)
+    figure.savefig(path, dpi=100)
+    plt.close(figure)
+    return path
+
+
+class BestCheckpoint(ModelCheckpoint):
+    """Keep the best checkpoints by ``val/score``, the mean of aggregates from the last validation.
+
+    The score is computed on every process from ``last_results`` (already gathered), put in
+    ``trainer.callback_metrics`` and sent to the loggers, then ``ModelCheckpoint`` decides as usual.
+    Validation without one of the metrics (forget quality needs ``model.retain_results``; model
+    utility needs ``model.generate_on_validation: true`` for ROUGE-L) saves nothing and warns.
+
+    Args:
+        metrics: aggregate keys averaged into the score, e.g. ``forget_quality``,
+            ``model_utility``, ``energy_auroc``, ``forget/truth_ratio``.
+        mode: ``max`` keeps the highest score, ``min`` the lowest.
+        save_top_k: how many checkpoints to keep.
+        dirpath, filename, save_last, verbose: as in ``ModelCheckpoint``; ``filename`` may use
+            ``{epoch}`` and ``{step}``.
+    """
+
+    def __init__(
+        self,
+        metrics: list[str] | None = None,
+        mode: str = "max",
+        save_top_k: int = 1,
+        dirpath: str | None = None,
+        filename: str = "best-epoch{epoch:03d}-step{step:06d}",
+        save_last: bool | None = None,
+        verbose: bool = False,
+    ) -> None:
+        super().__init__(
+            dirpath=dirpath,
+            filename=filename,
+            monitor="val/score",
+            mode=mode,
+            save_top_k=save_top_k,
+            save_last=save_last,
+            verbose=verbose,
+            save_on_train_epoch_end=False,
+            auto_insert_metric_name=False,
+        )
+        self.metrics = list(metrics) if metrics is not None else ["forget_quality", "model_utility"]
+        if not self.metrics:
+            raise ValueError("BestCheckpoint.metrics is empty; name at least one aggregate, e.g. model_utility")
+
+    def score(self, aggregates: dict[str, Any]) -> float | None:
+        """Mean of the chosen aggregates, or ``None`` (with a warning) when one is missing or NaN."""
+        values = [aggregates.get(name) for name in self.metrics]
+        missing = [name for name, v in zip(self.metrics, values) if v is None or not math.isfinite(float(v))]
+        if missing:
+            rank_zero_warn(
+                f"BestCheckpoint: {missing} missing from this validation, no checkpoint saved. Forget quality "
+                "needs --model.retain_results; ROUGE-L-based model utility needs --model.generate_on_validation true"
+            )
+            return None
+        return float(np.mean([float(v) for v in values]))
+
+    def on_validation_end(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
+        results = _last_results(pl_module)
+        if trainer.sanity_checking or not results:
+            return
+        score = self.score(results["aggregate"])
+        if score is None:
+            return
+        trainer.callback_metrics[self.monitor] = torch.tensor(score)
+        if trainer.is_global_zero:
+            for logger in trainer.loggers:
+                logger.log_metrics({self.monitor: score}, step=trainer.global_step)
+        super().on_validation_end(trainer, pl_module)
+
+
+class EpochSummary(Callback):
+    """Log one line per training epoch: epoch, step, time and the chosen metrics that exist.
+
+    Args:
+        keys: ``trainer.callback_metrics`` keys to show, in order; absent ones are skipped.
+    """
+
+    def __init__(self, keys: list[str] | None = None) -> None:
+        self.keys = list(keys) if keys is not None else [
+            "train/loss",
+            "val/score",
+            "val/forget_quality",
+            "val/model_utility",
+            "val/forget/truth_ratio",
+            "val/energy_auroc",
+        ]
+        self._start = time.monotonic()
+
+    def on_train_epoch_start(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
+        self._start = time.monotonic()
+
+    def on_train_epoch_end(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
+        if trainer.is_global_zero:
+            log.info(self.summary(trainer))
+
+    def summary(self, trainer: L.Trainer) -> str:
+        metrics = trainer.callback_metrics
+        parts = [f"epoch {trainer.current_epoch + 1}/{trainer.max_epochs}", f"step {trainer.global_step}"]
+        for key in self.keys:
+            if key in metrics:
+                parts.append(f"{key} {float(metrics[key]):.4g}")
+        parts.append(f"{time.monotonic() - self._start:.1f}s")
+        return " | ".join(parts)

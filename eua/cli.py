@@ -41,6 +41,9 @@ def configure_environment() -> None:
     """Keep W&B offline unless the user chose a mode, and send library logs to stderr."""
     os.environ.setdefault("WANDB_MODE", "offline")
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    # An imported library may already have given the root logger a handler, which turns basicConfig
+    # into a no-op and leaves the root at WARNING, so set this package's level directly.
+    logging.getLogger("eua").setLevel(logging.INFO)
 
 
 def build_cli(args: list[str] | None = None, run: bool = True) -> EUACLI:

@@ -10,6 +10,7 @@ from __future__ import annotations
 import copy
 import logging
 import math
+from dataclasses import replace
 from pathlib import Path
 from typing import Any
 
@@ -19,7 +20,7 @@ import torch
 from lightning.pytorch.utilities import rank_zero_info, rank_zero_only
 from torch import Tensor, nn
 
-from eua.callbacks import NonFiniteGuard, check_finite
+from eua.guards import NonFiniteGuard, check_finite
 from eua.data.datamodule import EVAL_SETS
 from eua.data.datasets import PairedDataset
 from eua.energy import EnergyHead
@@ -28,6 +29,8 @@ from eua.evaluation.scoring import SCORE_FIELDS, score_batch
 from eua.evaluation.tofu import aggregate, format_table, per_item_table
 from eua.metrics.per_item import PerItemScores
 from eua.models.loading import ModelSpec, load_model, load_tokenizer
+from eua.models.lora import LoraSpec, apply_lora, base_model_context, is_lora
+from eua.models.sharding import fully_shard_layers, is_sharded_strategy
 from eua.objectives import SFT, Objective
 
 log = logging.getLogger(__name__)
@@ -51,6 +54,9 @@ class UnlearningModule(L.LightningModule):
             ``<log dir>/results_<stage>.json``.
         overwrite_results: replace an existing results file.
         export_dir: after ``fit``, save the model and tokenizer there (safetensors).
+        lora: train LoRA adapters (``{r, alpha, target_modules}``) instead of every weight; the
+            reference model is then the adapter-free base, with no second copy of the weights.
+        gradient_checkpointing: recompute activations in the backward pass to save memory.
     """
 
     def __init__(
@@ -67,6 +73,8 @@ class UnlearningModule(L.LightningModule):
         results_path: str | None = None,
         overwrite_results: bool = False,
         export_dir: str | None = None,
+        lora: LoraSpec | None = None,
+        gradient_checkpointing: bool = False,
     ) -> None:
         super().__init__()
         self.lm_spec = lm
@@ -75,6 +83,13 @@ class UnlearningModule(L.LightningModule):
 
         self.tokenizer = load_tokenizer(self.lm_spec)
         self.model = load_model(self.lm_spec).train()
+        if gradient_checkpointing:
+            if hasattr(self.model, "activation_checkpointing_enable"):  # transformers >= 5.2x
+                self.model.activation_checkpointing_enable(activation_checkpointing_kwargs={"use_reentrant": False})
+            else:
+                self.model.gradient_checkpointing_enable(gradient_checkpointing_kwargs={"use_reentrant": False})
+        if lora is not None:
+            self.model = apply_lora(self.model, lora, gradient_checkpointing)
         temperature = energy_temperature or getattr(self.objective, "temperature", 1.0)
         self.energy_head = EnergyHead(temperature)
         self.eval_scores = nn.ModuleDict({name: PerItemScores(SCORE_FIELDS) for name in EVAL_SETS})
@@ -97,15 +112,29 @@ class UnlearningModule(L.LightningModule):
 
     @torch.no_grad()
     def reference_logits(self, part: dict[str, Tensor]) -> Tensor:
+        if is_lora(self.model):
+            with base_model_context(self.model):
+                return self.model(input_ids=part["input_ids"], attention_mask=part["attention_mask"]).logits
         return self.reference_model(input_ids=part["input_ids"], attention_mask=part["attention_mask"]).logits
 
     # ------------------------------------------------------------------------------ fit
 
+    def configure_model(self) -> None:
+        # FSDP2 (ModelParallelStrategy) hands over a device mesh; other strategies leave it unset.
+        if self._device_mesh is not None:
+            fully_shard_layers(self.model, self._device_mesh["data_parallel"])
+
     def setup(self, stage: str) -> None:
         # ``setup`` runs before Lightning restores a checkpoint, so on a resumed run (--ckpt_path)
         # the reference is still the model loaded from ``lm``, never the resumed weights.
-        if stage == "fit" and self.objective.needs_reference and not self._reference:
-            reference = copy.deepcopy(self.model).eval()
+        if stage == "fit" and self.objective.needs_reference and not self._reference and not is_lora(self.model):
+            if is_sharded_strategy(self.trainer.strategy):
+                # The trained model will be sharded: load the starting weights again, without
+                # gradients and in bf16 when training in bf16.
+                dtype = "bfloat16" if str(self.trainer.precision).startswith("bf16") else self.lm_spec.dtype
+                reference = load_model(replace(self.lm_spec, dtype=dtype)).eval()
+            else:
+                reference = copy.deepcopy(self.model).eval()
             reference.requires_grad_(False)
             self._reference.append(reference)
             rank_zero_info("Built the frozen reference model from the starting weights")
@@ -162,7 +191,9 @@ class UnlearningModule(L.LightningModule):
         target = Path(directory)
         partial = target.with_name(target.name + ".partial")
         _remove_tree(partial)  # left over from an export that crashed
-        self.model.save_pretrained(partial, safe_serialization=True)
+        # A LoRA model is saved with its adapters merged, so it loads like any other folder.
+        model = copy.deepcopy(self.model).merge_and_unload() if is_lora(self.model) else self.model
+        model.save_pretrained(partial, safe_serialization=True)
         self.tokenizer.save_pretrained(partial)
         if target.exists():
             backup = target.with_name(target.name + ".old")

@@ -33,7 +33,8 @@ class PerItemScores(Metric):
         self.values.append(torch.stack([scores[name].float().reshape(-1) for name in self.fields], dim=1))
 
     def compute(self) -> dict[str, Tensor]:
-        if not self.index:
+        # After a cross-process sync, torchmetrics has already concatenated the lists into tensors.
+        if isinstance(self.index, list) and not self.index:
             return {"index": torch.empty(0, dtype=torch.long), **{name: torch.empty(0) for name in self.fields}}
         index = dim_zero_cat(self.index)
         values = dim_zero_cat(self.values)

@@ -8,7 +8,7 @@ from pathlib import Path
 import pytest
 import torch
 
-from eua.callbacks import NonFiniteLossError, check_finite
+from eua.guards import NonFiniteLossError, check_finite
 from eua.objectives import SFT
 from eua.objectives.base import ObjectiveOutput
 
