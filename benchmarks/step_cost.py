@@ -196,6 +196,7 @@ def measure_memory(step, batch, module, optimizer, uses_reference: bool, device)
     before += [value for part in batch.values() for value in part.values()]
     resident = _storage_bytes(before)
 
+    # NOTE: the CUDA branch has not been run yet (the benchmarks so far ran on CPU only).
     if device.type == "cuda":
         torch.cuda.synchronize()
         torch.cuda.reset_peak_memory_stats()
@@ -220,7 +221,8 @@ def run(args: argparse.Namespace) -> None:
     print(
         f"case {args.case}: {sum(p.numel() for p in model.parameters()) / 1e6:.1f}M parameters, V = {vocab}, "
         f"batch {args.batch_size} x {args.length} tokens, {args.batches} batches, device {device}, "
-        f"{torch.get_num_threads()} threads, loaded in {time.perf_counter() - load_start:.0f} s"
+        f"{torch.get_num_threads()} threads, loaded in {time.perf_counter() - load_start:.0f} s",
+        flush=True,
     )
 
     batches = load_batches(module, args.batches, args.batch_size, args.length)
@@ -256,6 +258,7 @@ def run(args: argparse.Namespace) -> None:
             if device.type == "cuda":
                 torch.cuda.synchronize()
             times[name].append(time.perf_counter() - start)
+        print(f"round {round_index + 1}/{args.steps}: " + ", ".join(f"{n} {t[-1]:.2f} s" for n, t in times.items()), flush=True)
 
     memory = {
         name: measure_memory(step, batches[0], module, optimizer, methods[name][1], device) for name, step in steps.items()
