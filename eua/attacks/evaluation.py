@@ -36,7 +36,7 @@ log = logging.getLogger(__name__)
 
 @dataclass
 class Scorer:
-    """Everything that turns a model and rows into per-item scores; fixed for one attack run."""
+    """Per-item scoring settings of one attack run: tokenizer, energy head, lengths and batch size."""
 
     tokenizer: PreTrainedTokenizerBase
     energy_head: EnergyHead
