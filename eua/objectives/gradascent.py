@@ -12,7 +12,7 @@ from eua.objectives.base import Batch, Objective, ObjectiveOutput, forget_nll
 
 
 class GradAscent(Objective):
-    """``-NLL(forget)``: maximise the forget answers' NLL, nothing holds the retain set in place."""
+    """``-NLL(forget)``: maximise the NLL of the forget answers, with no term that protects the retain set."""
 
     name = "gradascent"
 

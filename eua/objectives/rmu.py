@@ -22,8 +22,8 @@ from eua.objectives.base import Batch, Objective, ObjectiveOutput, masked_mean
 class RMU(Objective):
     """Steer forget activations of one layer to a scaled random direction, keep retain activations.
 
-    The defaults (layer 7; MLP down-projections of layers 5 to 7; ``c = 300``; ``alpha = 1000``)
-    are open-unlearning's for Llama-3.2-1B on TOFU, and they need retuning for other models.
+    The defaults are open-unlearning's for Llama-3.2-1B on TOFU: layer 7, the MLP down-projections
+    of layers 5 to 7, ``c = 300`` and ``alpha = 1000``. Other models need other values.
 
     Args:
         layer: decoder layer (0-based) whose output is steered.

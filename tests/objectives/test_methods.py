@@ -13,7 +13,7 @@ import torch
 
 from eua.data.datasets import PairedCollator, PairedDataset, QADataset, refusal_rows
 from eua.data.tofu import load_split
-from eua.models.loading import ModelSpec
+from eua.models.loading import ModelSpec, load_tokenizer
 from eua.module import UnlearningModule
 from eua.objectives import DPO, NPO, RMU, UNDIAL, WGA, GradAscent, GradDiff, IdkDPO, IdkNLL, SatImp, SimNPO
 from eua.objectives.base import mean_nll, sequence_nll
@@ -28,8 +28,6 @@ LEARNING_RATE = 1e-3
 @pytest.fixture(scope="module")
 def paired_batch(tiny_spec: ModelSpec, tofu_dir: Path) -> dict:
     """A paired ``{"forget", "retain", "refusal"}`` batch built by the real datasets and collator."""
-    from eua.models.loading import load_tokenizer
-
     tokenizer = load_tokenizer(tiny_spec)
     forget = load_split("forget01", tofu_dir)[:BATCH_SIZE]
     retain = load_split("retain99", tofu_dir)[:BATCH_SIZE]
@@ -168,7 +166,7 @@ def test_rmu_rejects_bad_layer_and_parameter(tiny_spec, fitted_state):
         RMU(layer=0, parameter_names=["mlp.up.weight"]).trainable_parameters(module.model)
 
 
-def test_rmu_hidden_states_match_transformers(tiny_spec, fitted_state, paired_batch):
+def test_hidden_states_match_transformers(tiny_spec, fitted_state, paired_batch):
     module = build_module(tiny_spec, fitted_state, RMU(layer=0))
     part = paired_batch["forget"]
     with torch.no_grad():
@@ -177,11 +175,12 @@ def test_rmu_hidden_states_match_transformers(tiny_spec, fitted_state, paired_ba
         ).hidden_states
         ours = module.hidden_states(part, 0)
         reference = module.reference_hidden_states(part, 0)
-    # The test model has one layer: hidden_states[1] is its output after the final norm, so
-    # compare against the input of the norm by checking the embedding output differs instead.
-    assert ours.shape == expected[0].shape
+
+    # The test model has one decoder layer, and transformers reports the last layer's output
+    # after the final norm, so the norm of our layer-0 output must equal hidden_states[-1].
+    assert len(expected) == 2
+    assert torch.allclose(module.model.get_decoder().norm(ours), expected[-1], atol=1e-5)
     assert torch.equal(ours, reference)
-    assert not torch.allclose(ours, expected[0])
 
 
 def test_graddiff_default_loss_unchanged(tiny_spec, fitted_state, paired_batch):
@@ -194,7 +193,7 @@ def test_graddiff_default_loss_unchanged(tiny_spec, fitted_state, paired_batch):
     assert set(output.terms) == {"forget_nll", "retain_nll"}
 
 
-def test_kl_retain_term_needs_reference_and_starts_at_zero(tiny_spec, fitted_state, paired_batch):
+def test_kl_retain_starts_at_zero(tiny_spec, fitted_state, paired_batch):
     objective = GradDiff(retain_loss="kl")
     assert objective.needs_reference
     assert not GradDiff().needs_reference
