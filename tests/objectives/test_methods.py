@@ -21,7 +21,7 @@ from eua.objectives.retain import retain_kl
 
 BATCH_SIZE = 4
 MAX_LENGTH = 96
-FIT_STEPS = 60
+FIT_STEPS = 20
 LEARNING_RATE = 1e-3
 
 
@@ -46,7 +46,7 @@ def fitted_state(tiny_spec: ModelSpec, paired_batch: dict) -> dict[str, torch.Te
     """Weights of the test model after it has memorised every part of ``paired_batch``."""
     torch.manual_seed(0)
     module = UnlearningModule(lm=tiny_spec)
-    optimizer = torch.optim.AdamW(module.model.parameters(), lr=3e-3)
+    optimizer = torch.optim.AdamW(module.model.parameters(), lr=1e-2)
     for _ in range(FIT_STEPS):
         loss = sum(mean_nll(module.logits(part), part["labels"]) for part in paired_batch.values())
         optimizer.zero_grad()
