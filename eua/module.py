@@ -28,6 +28,7 @@ from eua.evaluation.results import ResultsError, forget_truth_ratios, write_json
 from eua.evaluation.scoring import SCORE_FIELDS, score_batch
 from eua.evaluation.tofu import aggregate, format_table, per_item_table
 from eua.metrics.per_item import PerItemScores
+from eua.models.layers import layer_output
 from eua.models.loading import ModelSpec, load_model, load_tokenizer
 from eua.models.lora import LoraSpec, apply_lora, base_model_context, is_lora
 from eua.models.sharding import fully_shard_layers, is_sharded_strategy
@@ -117,6 +118,15 @@ class UnlearningModule(L.LightningModule):
                 return self.model(input_ids=part["input_ids"], attention_mask=part["attention_mask"]).logits
         return self.reference_model(input_ids=part["input_ids"], attention_mask=part["attention_mask"]).logits
 
+    def hidden_states(self, part: dict[str, Tensor], layer: int) -> Tensor:
+        """Return the output ``[B, L, H]`` of decoder layer ``layer`` (0-based) of the trained model."""
+        return layer_output(self.model, part, layer)
+
+    @torch.no_grad()
+    def reference_hidden_states(self, part: dict[str, Tensor], layer: int) -> Tensor:
+        """Return the output ``[B, L, H]`` of decoder layer ``layer`` of the frozen reference model."""
+        return layer_output(self.reference_model, part, layer)
+
     # ------------------------------------------------------------------------------ fit
 
     def configure_model(self) -> None:
@@ -169,7 +179,17 @@ class UnlearningModule(L.LightningModule):
         return output.loss
 
     def configure_optimizers(self) -> Any:
-        parameters = [p for p in self.model.parameters() if p.requires_grad]
+        # An objective may train a subset of the weights (RMU): it then defines
+        # ``trainable_parameters(model)``, and every other weight is frozen so it gets no gradient.
+        select = getattr(self.objective, "trainable_parameters", None)
+        if select is None:
+            parameters = [p for p in self.model.parameters() if p.requires_grad]
+        else:
+            parameters = list(select(self.model))
+            chosen = {id(p) for p in parameters}
+            for parameter in self.model.parameters():
+                parameter.requires_grad_(id(parameter) in chosen)
+            rank_zero_info(f"Training {sum(p.numel() for p in parameters):,} of the model's parameters")
         optimizer = torch.optim.AdamW(
             parameters, lr=self.hparams.learning_rate, weight_decay=self.hparams.weight_decay
         )

@@ -1,6 +1,6 @@
-"""Gradient difference: ascend the forget NLL, descend the retain NLL.
+"""Gradient difference: ascend the forget NLL, descend a retain term.
 
-    L = -NLL(forget) + alpha * NLL(retain)
+    L = -gamma * NLL(forget) + alpha * R,   R = NLL(retain) or KL(p_ref || p_theta) on retain
 
 Liu, Lu et al., "Continual learning and private unlearning" (2022), arXiv:2203.12817; the TOFU
 baseline (Maini et al. 2024, arXiv:2401.06121).
@@ -8,23 +8,26 @@ baseline (Maini et al. 2024, arXiv:2401.06121).
 
 from __future__ import annotations
 
-from eua.objectives.base import Batch, Objective, ObjectiveOutput, forget_nll, retain_nll
+from eua.objectives.base import Batch, ObjectiveOutput, forget_nll
+from eua.objectives.retain import ForgetRetainObjective, RetainLoss
 
 
-class GradDiff(Objective):
-    """``-NLL(forget) + alpha * NLL(retain)``.
+class GradDiff(ForgetRetainObjective):
+    """``-gamma * NLL(forget) + alpha * R(retain)``, with ``R`` the retain NLL or the KL to the reference.
 
     Args:
-        alpha: weight of the retain NLL.
+        alpha: weight of the retain term.
+        gamma: weight of the forget term.
+        retain_loss: ``nll`` (default) or ``kl``; ``kl`` builds the frozen reference model.
     """
 
     name = "graddiff"
 
-    def __init__(self, alpha: float = 1.0) -> None:
-        self.alpha = alpha
+    def __init__(self, alpha: float = 1.0, gamma: float = 1.0, retain_loss: RetainLoss = "nll") -> None:
+        super().__init__(gamma=gamma, alpha=alpha, retain_loss=retain_loss)
 
     def __call__(self, module, batch: Batch) -> ObjectiveOutput:
         forget = forget_nll(module, batch)
-        retain = retain_nll(module, batch)
-        loss = -forget + self.alpha * retain
-        return ObjectiveOutput(loss, {"forget_nll": forget.detach(), "retain_nll": retain.detach()})
+        retain = self.retain_term(module, batch)
+        loss = self.combine(-forget, retain)
+        return ObjectiveOutput(loss, {"forget_nll": forget.detach(), f"retain_{self.retain_loss}": retain.detach()})
