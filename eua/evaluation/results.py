@@ -225,8 +225,8 @@ def _forget_truth_ratios_from(entry: dict[str, Any], source: Path) -> tuple[list
 
     Open-unlearning's older releases store ``r = P(wrong) / P(correct)`` with the
     ``closer_to_1_better`` aggregate; newer ones store ``s = 1 / (1 + r)`` with the ``prob_mean``
-    aggregate. The ``aggregator`` key decides when present; otherwise a score above 1 means ``r``,
-    and an aggregate that equals the mean of ``min(s, 1/s)`` but not the mean of ``s`` means ``r``.
+    aggregate. The ``aggregator`` key decides when present. Otherwise a score above 1 means ``r``,
+    and so does an aggregate that differs from the mean of the scores.
     """
     value_by_index = entry.get("value_by_index")
     if not isinstance(value_by_index, dict) or not value_by_index:

@@ -37,7 +37,7 @@ HEADLINE = (
 
 @dataclass
 class RetainReference:
-    """What forget quality and privleak need from the retain model's results."""
+    """Retain-model values that forget quality and privleak compare against."""
 
     truth_ratios: list[float] | None = None
     mia_auc: dict[str, float] = field(default_factory=dict)
@@ -135,7 +135,11 @@ def aggregate(per_set: dict[str, dict[str, np.ndarray]], retain: RetainReference
             continue
         for energy in ("answer", "prompt"):
             for score, function in ENERGY_SCORES.items():
-                key = f"energy_{score}" + ("" if energy == "answer" else "_prompt") + ("" if other == "retain" else "_holdout")
+                key = f"energy_{score}"
+                if energy == "prompt":
+                    key += "_prompt"
+                if other == "holdout":
+                    key += "_holdout"
                 flat[key] = function(per_set["forget"][f"energy_{energy}"], per_set[other][f"energy_{energy}"])
     return flat
 

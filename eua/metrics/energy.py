@@ -2,7 +2,7 @@
 
 Forget items are the positive class and their sequence energy is the score (an unlearned model
 should give them high energy). The other class is the retain set or the holdout set. A sequence
-energy is either the mean token energy over the answer or the energy at the last prompt token;
+energy is either the mean token energy over the answer or the energy at the last prompt token.
 ``eua.evaluation.scoring`` computes both with the module's ``EnergyHead``.
 """
 

@@ -160,7 +160,7 @@ def test_round_trip_through_open_unlearning_layout(tmp_path: Path) -> None:
     np.testing.assert_allclose(read_retain_reference(path).truth_ratios, document["per_item"]["forget"]["truth_ratio"])
 
 
-def test_retain_logs_in_both_layouts_give_same_forget_quality(tmp_path: Path) -> None:
+def test_both_retain_layouts_same_quality(tmp_path: Path) -> None:
     retain_document = eua_document()
     ours = write_results(tmp_path / "retain.json", retain_document)
     theirs = write_results(tmp_path / "TOFU_EVAL.json", retain_document, layout="open-unlearning")

@@ -128,7 +128,7 @@ def test_rouge_length_mismatch() -> None:
 
 # ------------------------------------------------------------------------------ memorization
 
-# Prompt of two tokens, answer 5 6 7 and the end-of-turn token 2; position t predicts token t + 1.
+# A prompt of two tokens, then the answer 5 6 7 and the end-of-turn token 2. Position t predicts token t + 1.
 LABELS = torch.tensor([[IGNORE, IGNORE, 5, 6, 7, 2]])
 
 
@@ -165,7 +165,9 @@ def test_memorization_empty_span_is_missing(caplog: pytest.LogCaptureFixture) ->
         em = M.exact_memorization_scores(logits, labels)
         es = M.extraction_strength_scores(logits, labels)
         min_k = M.min_k_scores(logits, labels)
-    assert math.isnan(em[0]) and math.isnan(es[0]) and math.isnan(min_k[0])
+    assert math.isnan(em[0])
+    assert math.isnan(es[0])
+    assert math.isnan(min_k[0])
     assert "exact memorization is missing for 1 item" in caplog.text
     assert "extraction strength is missing for 1 item" in caplog.text
 
