@@ -20,14 +20,15 @@ import torch
 from lightning.pytorch.utilities import rank_zero_info, rank_zero_only
 from torch import Tensor, nn
 
-from eua.guards import NonFiniteGuard, check_finite
-from eua.data.datamodule import EVAL_SETS
+from eua.data.datamodule import EVAL_SETS, GENERATION_SETS
 from eua.data.datasets import PairedDataset
 from eua.energy import EnergyHead
-from eua.evaluation.results import ResultsError, forget_truth_ratios, write_json_atomic
+from eua.evaluation.results import ResultsError, ResultsLayout, read_retain_reference, write_results
 from eua.evaluation.scoring import SCORE_FIELDS, score_batch
 from eua.evaluation.tofu import aggregate, format_table, per_item_table
+from eua.guards import NonFiniteGuard, check_finite
 from eua.metrics.per_item import PerItemScores
+from eua.metrics.tofu import FORGET_QUALITY_MISSING
 from eua.models.layers import layer_output
 from eua.models.loading import ModelSpec, load_model, load_tokenizer
 from eua.models.lora import LoraSpec, apply_lora, base_model_context, is_lora
@@ -50,10 +51,12 @@ class UnlearningModule(L.LightningModule):
             ``temperature`` (EUA), else 1.
         max_new_tokens: generation length for ROUGE-L.
         generate_on_validation: also generate (for ROUGE-L) in ``validate``, which is slower.
-        retain_results: results file of the retain model, for forget quality.
+        retain_results: results file of the retain model (eua or open-unlearning TOFU_EVAL.json
+            layout), for forget quality and privleak.
         results_path: where ``test``/``validate`` write the results JSON; unset writes
             ``<log dir>/results_<stage>.json``.
         overwrite_results: replace an existing results file.
+        results_layout: ``eua`` (default) or ``open-unlearning`` (its TOFU_EVAL.json layout).
         export_dir: after ``fit``, save the model and tokenizer there (safetensors).
         lora: train LoRA adapters (``{r, alpha, target_modules}``) instead of every weight; the
             reference model is then the adapter-free base, with no second copy of the weights.
@@ -73,6 +76,7 @@ class UnlearningModule(L.LightningModule):
         retain_results: str | None = None,
         results_path: str | None = None,
         overwrite_results: bool = False,
+        results_layout: ResultsLayout = "eua",
         export_dir: str | None = None,
         lora: LoraSpec | None = None,
         gradient_checkpointing: bool = False,
@@ -228,6 +232,7 @@ class UnlearningModule(L.LightningModule):
 
     def _eval_step(self, batch: dict[str, Any], dataloader_idx: int, generate: bool) -> None:
         set_name = self.trainer.datamodule.eval_set_names[dataloader_idx]
+        generate = generate and set_name in GENERATION_SETS
         scores = score_batch(
             self.model, self.tokenizer, self.energy_head, batch, self.hparams.max_new_tokens, generate=generate
         )
@@ -252,13 +257,13 @@ class UnlearningModule(L.LightningModule):
             per_set[name] = {field: value.cpu().numpy() for field, value in computed.items()}
             self.eval_scores[name].reset()
 
-        retain_ratios = None
+        retain = None
         if self.hparams.retain_results:
             try:
-                retain_ratios = forget_truth_ratios(self.hparams.retain_results)
+                retain = read_retain_reference(self.hparams.retain_results)
             except ResultsError as error:
                 raise ResultsError(f"model.retain_results: {error}") from error
-        aggregates = aggregate(per_set, retain_ratios)
+        aggregates = aggregate(per_set, retain)
 
         prefix = "val" if stage == "validate" else "test"
         for key, value in aggregates.items():
@@ -280,10 +285,7 @@ class UnlearningModule(L.LightningModule):
         if self.trainer.sanity_checking:
             return
         if aggregates.get("forget_quality", 0) is None:
-            rank_zero_info(
-                "Forget quality is missing: evaluate a retain model with `eua test` and pass its "
-                "results file as --model.retain_results"
-            )
+            rank_zero_info(FORGET_QUALITY_MISSING)
         self._write_results(stage)
 
     @rank_zero_only
@@ -295,7 +297,7 @@ class UnlearningModule(L.LightningModule):
             overwrite = True
         else:
             overwrite = self.hparams.overwrite_results
-        written = write_json_atomic(path, self.last_results, overwrite=overwrite)
+        written = write_results(path, self.last_results, layout=self.hparams.results_layout, overwrite=overwrite)
         rank_zero_info(f"Wrote {written}\n" + format_table({self.lm_spec.name_or_path: self.last_results["aggregate"]}))
 
 

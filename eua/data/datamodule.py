@@ -30,19 +30,24 @@ from eua.data.datasets import (
 )
 from eua.data.formatting import describe_format
 from eua.data.resumable import ResumableDataLoader
-from eua.data.tofu import DataError, load_split, retain_split_for
+from eua.data.tofu import DataError, holdout_split_for, load_split, retain_split_for
 
 log = logging.getLogger(__name__)
 
 QUESTIONS_PER_AUTHOR = 20
 
-# Evaluation sets and the answer that counts as correct for the truth ratio on each.
+# Evaluation sets and the answer that counts as correct for the truth ratio on each. The holdout
+# set (TOFU authors no model was finetuned on, as many as the forget set) serves the
+# membership-inference and energy comparisons; it has no perturbed answers.
 EVAL_SETS: dict[str, str] = {
     "forget": "paraphrased_answer",
     "retain": "paraphrased_answer",
     "real_authors": "answer",
     "world_facts": "answer",
+    "holdout": "answer",
 }
+# Sets whose ROUGE scores are used; generation is skipped on the others.
+GENERATION_SETS = frozenset({"forget", "retain", "real_authors", "world_facts"})
 
 
 class TOFUDataModule(L.LightningDataModule):
@@ -55,7 +60,8 @@ class TOFUDataModule(L.LightningDataModule):
         retain_authors: keep only the first N retain authors (20 rows each); unset keeps all.
         mode: ``finetune`` (plain batches) or ``unlearn`` (paired forget/retain/refusal batches).
         finetune_on: ``full`` (forget and retain rows: the target model) or ``retain``.
-        eval_sets: evaluation sets to build, any of forget, retain, real_authors, world_facts.
+        eval_sets: evaluation sets to build, any of forget, retain, real_authors, world_facts,
+            holdout (``holdoutNN`` matching the forget split); unset builds all of them.
         eval_limit: keep only the first N rows of each evaluation set (for quick checks).
         max_length: maximum tokens of prompt plus answer; longer answers are cut.
         batch_size: training batch size (per part, for paired batches).
@@ -132,6 +138,8 @@ class TOFUDataModule(L.LightningDataModule):
             if self.hparams.retain_authors is not None:
                 kept = {row["question"] for row in self.retain_rows()}
                 rows = [row for row in rows if row["question"] in kept]
+        elif name == "holdout":
+            rows = load_split(holdout_split_for(self.hparams.forget_split), self.hparams.data_dir)
         else:
             rows = load_split(f"{name}_perturbed", self.hparams.data_dir)
         if self.hparams.eval_limit is not None:

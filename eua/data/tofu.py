@@ -153,3 +153,8 @@ def split_percentage(forget_split: str) -> int:
 def retain_split_for(forget_split: str) -> str:
     """Return the retain split that complements ``forget_split``: forget05 gives retain95."""
     return f"retain{100 - split_percentage(forget_split):02d}"
+
+
+def holdout_split_for(forget_split: str) -> str:
+    """Return the holdout split as large as ``forget_split``: forget05 gives holdout05."""
+    return f"holdout{split_percentage(forget_split):02d}"

@@ -53,3 +53,52 @@ def _first_occurrence(index: Tensor) -> tuple[Tensor, Tensor]:
     keep = torch.ones_like(sorted_index, dtype=torch.bool)
     keep[1:] = sorted_index[1:] != sorted_index[:-1]
     return sorted_index[keep], order[keep]
+
+
+class ItemMetric(Metric):
+    """Base of the metrics over per-item values, keyed by ``(group, dataset index)``.
+
+    Subclasses name their ``groups`` (``("forget", "holdout")`` for a two-sample score) and value
+    ``columns``, call ``_add`` in ``update`` and read ``_gathered()`` in ``compute``, which returns
+    each group's columns ordered by index with every item once, whatever the process split.
+    Values are kept in float64 so that the distributed result equals the single-process one.
+    """
+
+    full_state_update = False
+    groups: tuple[str, ...] = ("items",)
+    columns: tuple[str, ...] = ("value",)
+
+    def __init__(self, **kwargs) -> None:
+        super().__init__(**kwargs)
+        self.add_state("index", default=[], dist_reduce_fx="cat")
+        self.add_state("group", default=[], dist_reduce_fx="cat")
+        self.add_state("values", default=[], dist_reduce_fx="cat")
+
+    def _add(self, group: str, index: Tensor, **columns: Tensor) -> None:
+        if group not in self.groups:
+            raise ValueError(f"{type(self).__name__}: unknown group {group!r}; choose from {self.groups}")
+        if set(columns) != set(self.columns):
+            raise KeyError(f"{type(self).__name__}: expected the columns {self.columns}, got {sorted(columns)}")
+        index = torch.as_tensor(index).long().reshape(-1)
+        stacked = torch.stack(
+            [torch.as_tensor(columns[name]).detach().to(torch.float64).reshape(-1) for name in self.columns], dim=1
+        )
+        if len(stacked) != len(index):
+            raise ValueError(f"{type(self).__name__}: {len(index)} indices for {len(stacked)} values")
+        self.index.append(index.to(self.device))
+        self.group.append(torch.full_like(index, self.groups.index(group)).to(self.device))
+        self.values.append(stacked.to(self.device))
+
+    def _gathered(self) -> dict[str, dict[str, Tensor]]:
+        result = {name: {column: torch.empty(0, dtype=torch.float64) for column in self.columns} for name in self.groups}
+        if isinstance(self.index, list) and not self.index:
+            return result
+        index = dim_zero_cat(self.index)
+        group = dim_zero_cat(self.group)
+        values = dim_zero_cat(self.values)
+        for number, name in enumerate(self.groups):
+            chosen = group == number
+            _, first = _first_occurrence(index[chosen])
+            rows = values[chosen][first].cpu()
+            result[name] = {column: rows[:, position] for position, column in enumerate(self.columns)}
+        return result
