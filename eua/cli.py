@@ -1,10 +1,11 @@
-"""The ``eua`` command: LightningCLI's ``fit``, ``validate``, ``test`` and ``predict``, plus ``pipeline``.
+"""The ``eua`` command: LightningCLI's ``fit``, ``validate``, ``test`` and ``predict``, plus ``pipeline`` and ``calibrate``.
 
 Every run is a YAML file under ``configs/`` that the command line can override, for example::
 
     eua fit --config configs/unlearn/eua.yaml --model.learning_rate 1e-4
     eua test --config configs/evaluate.yaml --model.lm.name_or_path artifacts/tofu_tiny/eua
     eua pipeline --config configs/pipeline/tofu_tiny.yaml
+    eua calibrate --config configs/calibrate.yaml --lm.name_or_path artifacts/tofu_tiny/eua
 """
 
 from __future__ import annotations
@@ -50,6 +51,11 @@ def main(argv: list[str] | None = None) -> None:
         from eua.pipeline import pipeline_main
 
         pipeline_main(arguments[1:])
+        return
+    if arguments and arguments[0] == "calibrate":
+        from eua.refusal.calibrate import calibrate_main
+
+        calibrate_main(arguments[1:])
         return
     build_cli(argv)
 

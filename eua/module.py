@@ -3,6 +3,7 @@
 ``fit`` minimises the objective (SFT to make target and retain models, or an unlearning method).
 ``validate`` and ``test`` score every TOFU evaluation set, gather per-item values across processes
 (each item once) and write one results file per run with per-item values and aggregates.
+``predict`` answers questions through the refusal guard of :mod:`eua.refusal.guard`.
 """
 
 from __future__ import annotations
@@ -28,6 +29,7 @@ from eua.evaluation.tofu import aggregate, format_table, per_item_table
 from eua.metrics.per_item import PerItemScores
 from eua.models.loading import ModelSpec, load_model, load_tokenizer
 from eua.objectives import SFT, Objective
+from eua.refusal.guard import GuardSettings, RefusalGuard, build_guard, predict_records
 
 log = logging.getLogger(__name__)
 
@@ -50,6 +52,8 @@ class UnlearningModule(L.LightningModule):
             ``<log dir>/results_<stage>.json``.
         overwrite_results: replace an existing results file.
         export_dir: after ``fit``, save the model and tokenizer there (safetensors).
+        refusal: ``predict``'s refusal guard: the threshold file from ``eua calibrate`` and the
+            refusal texts.
     """
 
     def __init__(
@@ -66,6 +70,7 @@ class UnlearningModule(L.LightningModule):
         results_path: str | None = None,
         overwrite_results: bool = False,
         export_dir: str | None = None,
+        refusal: GuardSettings = GuardSettings(),  # noqa: B008 - read only, never mutated
     ) -> None:
         super().__init__()
         self.lm_spec = lm
@@ -82,6 +87,8 @@ class UnlearningModule(L.LightningModule):
         # in checkpoints, nor wrapped by the strategy.
         self._reference: list[nn.Module] = []
         self.last_results: dict[str, Any] | None = None
+        self.refusal_settings = refusal
+        self.guard: RefusalGuard | None = None
 
     # ------------------------------------------------------------------------------ forward
 
@@ -240,6 +247,26 @@ class UnlearningModule(L.LightningModule):
             overwrite = self.hparams.overwrite_results
         written = write_json_atomic(path, self.last_results, overwrite=overwrite)
         rank_zero_info(f"Wrote {written}\n" + format_table({self.lm_spec.name_or_path: self.last_results["aggregate"]}))
+
+    # ------------------------------------------------------------------------------ predict
+
+    def on_predict_start(self) -> None:
+        self.model.eval()
+        self.guard = build_guard(
+            self.model,
+            self.tokenizer,
+            self.refusal_settings,
+            self.energy_head,
+            self.hparams.max_new_tokens,
+            self.lm_spec.data_dir,
+        )
+        if self.guard is None:
+            rank_zero_info("No refusal threshold set (model.refusal.threshold): answering every question")
+
+    def predict_step(self, batch: dict[str, Any], batch_idx: int, dataloader_idx: int = 0) -> list[dict[str, Any]]:
+        return predict_records(
+            self.guard, self.model, self.tokenizer, self.energy_head, batch, self.hparams.max_new_tokens
+        )
 
 
 def _remove_tree(path: Path) -> None:

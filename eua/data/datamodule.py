@@ -29,6 +29,7 @@ from eua.data.datasets import (
     refusal_rows,
 )
 from eua.data.tofu import DataError, load_split, retain_split_for
+from eua.refusal.data import QuestionCollator, QuestionDataset, read_questions
 
 log = logging.getLogger(__name__)
 
@@ -60,6 +61,7 @@ class TOFUDataModule(L.LightningDataModule):
         eval_batch_size: evaluation batch size.
         num_workers: DataLoader worker processes.
         seed: seed of the random retain partners in paired batches.
+        predict_file: JSON Lines file of ``{"question": ...}`` rows that ``predict`` answers.
     """
 
     def __init__(
@@ -77,6 +79,7 @@ class TOFUDataModule(L.LightningDataModule):
         eval_batch_size: int = 32,
         num_workers: int = 0,
         seed: int = 0,
+        predict_file: str | None = None,
     ) -> None:
         super().__init__()
         self.save_hyperparameters()
@@ -87,6 +90,7 @@ class TOFUDataModule(L.LightningDataModule):
         self.tokenizer: PreTrainedTokenizerBase | None = None
         self.train_dataset: QADataset | PairedDataset | None = None
         self.eval_datasets: dict[str, EvalDataset] = {}
+        self.predict_dataset: QuestionDataset | None = None
 
     # ----------------------------------------------------------------------------------- rows
 
@@ -148,6 +152,11 @@ class TOFUDataModule(L.LightningDataModule):
             for name in self.eval_set_names:
                 dataset = EvalDataset(self.eval_rows(name), tokenizer, max_length, correct_field=EVAL_SETS[name])
                 self.eval_datasets[name] = dataset
+
+        if stage == "predict" and self.predict_dataset is None:
+            if not self.hparams.predict_file:
+                raise DataError("predict needs questions: set data.predict_file to a JSON Lines file of {\"question\": ...} rows")
+            self.predict_dataset = QuestionDataset(read_questions(self.hparams.predict_file), tokenizer)
 
     def _build_train_dataset(self, tokenizer: PreTrainedTokenizerBase, max_length: int) -> QADataset | PairedDataset:
         forget = self.forget_rows()
@@ -219,3 +228,12 @@ class TOFUDataModule(L.LightningDataModule):
 
     def test_dataloader(self) -> list[DataLoader]:
         return self.eval_dataloaders()
+
+    def predict_dataloader(self) -> DataLoader:
+        return DataLoader(
+            self.predict_dataset,
+            batch_size=self.hparams.eval_batch_size,
+            shuffle=False,
+            collate_fn=QuestionCollator(self.pad_token_id),
+            num_workers=self.hparams.num_workers,
+        )
