@@ -11,7 +11,7 @@ from __future__ import annotations
 
 import logging
 from pathlib import Path
-from typing import Any
+from typing import Any, Literal
 
 import torch
 from jsonargparse import auto_cli
@@ -41,7 +41,7 @@ def run_calibration(
     data_dir: str | None = None,
     forget_split: str = "forget01",
     retain_authors: int | None = None,
-    calibration_set: str = "retain_paraphrased",
+    calibration_set: Literal["retain_paraphrased", "retain_split"] = "retain_paraphrased",
     calibration_fraction: float = 0.5,
     score: ScoreDefinition = ScoreDefinition(),  # noqa: B008 - frozen dataclass
     alpha: float = 0.05,

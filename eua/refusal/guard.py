@@ -9,7 +9,6 @@ with the question, or a text from the ``idontknow`` set chosen by a CRC32 hash o
 
 from __future__ import annotations
 
-import logging
 from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
@@ -23,8 +22,6 @@ from eua.data.tofu import load_split, read_jsonl
 from eua.energy import EnergyHead
 from eua.refusal.calibration import Threshold
 from eua.refusal.scoring import ScoreDefinition, encode_questions, generate_with_energy
-
-log = logging.getLogger(__name__)
 
 DEFAULT_REFUSAL = "I'm not able to answer that."
 
