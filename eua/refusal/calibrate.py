@@ -1,10 +1,11 @@
 """``eua calibrate``: fit the refusal threshold of a model on retained questions and evaluate the guard.
 
-Steps: load the model, score the calibration questions (see
-:func:`eua.refusal.evaluate.tofu_question_sets`), take the empirical or split-conformal quantile,
-save the threshold with the model fingerprint (by default ``<model folder>/refusal_threshold.json``),
-then, unless ``evaluate`` is off, answer the TOFU question sets with the guard and write the refusal
-report (``refusal_report.json`` beside the threshold) and print it as a table.
+The command loads the model and scores the calibration questions (see
+:func:`eua.refusal.evaluate.tofu_question_sets`). It takes the empirical or split-conformal quantile
+and saves the threshold with the model fingerprint, by default to
+``<model folder>/refusal_threshold.json``. Unless ``evaluate`` is off, it then runs the guard on the
+TOFU question sets, writes the refusal report (``refusal_report.json`` beside the threshold) and
+prints it as a table.
 """
 
 from __future__ import annotations
@@ -69,7 +70,7 @@ def run_calibration(
         alpha: target false-refusal rate on retained questions.
         method: ``conformal`` (split-conformal guarantee) or ``empirical`` quantile.
         output: threshold file; unset writes ``refusal_threshold.json`` in the model folder.
-        evaluate: also answer the TOFU sets with the guard and write the refusal report.
+        evaluate: also run the guard on the TOFU question sets and write the refusal report.
         report: report file; unset writes ``refusal_report.json`` beside the threshold.
         refusals: ``idontknow`` (the TOFU split) or a JSON Lines file of ``{"text": ...}`` rows.
         refusal_template: refusal text with an optional ``{question}`` field, instead of ``refusals``.
