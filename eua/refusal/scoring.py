@@ -39,7 +39,7 @@ class ScoreDefinition:
         temperature: energy temperature ``T``.
     """
 
-    kind: ScoreKind = "generated"
+    kind: ScoreKind = "prompt"
     k: int = 8
     temperature: float = 1.0
 
