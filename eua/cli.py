@@ -1,4 +1,5 @@
-"""The ``eua`` command: LightningCLI's ``fit``, ``validate``, ``test`` and ``predict``, plus ``pipeline`` and ``attack``.
+"""The ``eua`` command: LightningCLI's ``fit``, ``validate``, ``test`` and ``predict``, plus ``pipeline``,
+``attack`` and ``calibrate``.
 
 Every run is a YAML file under ``configs/`` that the command line can override, for example::
 
@@ -6,6 +7,7 @@ Every run is a YAML file under ``configs/`` that the command line can override, 
     eua test --config configs/evaluate.yaml --model.lm.name_or_path artifacts/tofu_tiny/eua
     eua pipeline --config configs/pipeline/tofu_tiny.yaml
     eua attack --config configs/attack.yaml --model.name_or_path artifacts/tofu_tiny/eua
+    eua calibrate --config configs/calibrate.yaml --lm.name_or_path artifacts/tofu_tiny/eua
 """
 
 from __future__ import annotations
@@ -72,6 +74,11 @@ def main(argv: list[str] | None = None) -> None:
         from eua.attacks.runner import attack_main
 
         attack_main(arguments[1:])
+        return
+    if arguments and arguments[0] == "calibrate":
+        from eua.refusal.calibrate import calibrate_main
+
+        calibrate_main(arguments[1:])
         return
     build_cli(argv)
 

@@ -3,6 +3,7 @@
 ``fit`` minimises the objective (SFT to make target and retain models, or an unlearning method).
 ``validate`` and ``test`` score every TOFU evaluation set, gather per-item values across processes
 (each item once) and write one results file per run with per-item values and aggregates.
+``predict`` answers questions through the refusal guard of :mod:`eua.refusal.guard`.
 """
 
 from __future__ import annotations
@@ -34,6 +35,7 @@ from eua.models.loading import ModelSpec, load_model, load_tokenizer
 from eua.models.lora import LoraSpec, apply_lora, base_model_context, is_lora
 from eua.models.sharding import fully_shard_layers, is_sharded_strategy
 from eua.objectives import SFT, Objective
+from eua.refusal.guard import GuardSettings, RefusalGuard, build_guard, predict_records
 
 log = logging.getLogger(__name__)
 
@@ -61,6 +63,8 @@ class UnlearningModule(L.LightningModule):
         lora: train LoRA adapters (``{r, alpha, target_modules}``) instead of every weight; the
             reference model is then the adapter-free base, with no second copy of the weights.
         gradient_checkpointing: recompute activations in the backward pass to save memory.
+        refusal: ``predict``'s refusal guard: the threshold file from ``eua calibrate`` and the
+            refusal texts.
     """
 
     def __init__(
@@ -80,6 +84,7 @@ class UnlearningModule(L.LightningModule):
         export_dir: str | None = None,
         lora: LoraSpec | None = None,
         gradient_checkpointing: bool = False,
+        refusal: GuardSettings = GuardSettings(),  # noqa: B008 - read only, never mutated
     ) -> None:
         super().__init__()
         self.lm_spec = lm
@@ -103,6 +108,8 @@ class UnlearningModule(L.LightningModule):
         # in checkpoints, nor wrapped by the strategy.
         self._reference: list[nn.Module] = []
         self.last_results: dict[str, Any] | None = None
+        self.refusal_settings = refusal
+        self.guard: RefusalGuard | None = None
 
     # ------------------------------------------------------------------------------ forward
 
@@ -299,6 +306,26 @@ class UnlearningModule(L.LightningModule):
             overwrite = self.hparams.overwrite_results
         written = write_results(path, self.last_results, layout=self.hparams.results_layout, overwrite=overwrite)
         rank_zero_info(f"Wrote {written}\n" + format_table({self.lm_spec.name_or_path: self.last_results["aggregate"]}))
+
+    # ------------------------------------------------------------------------------ predict
+
+    def on_predict_start(self) -> None:
+        self.model.eval()
+        self.guard = build_guard(
+            self.model,
+            self.tokenizer,
+            self.refusal_settings,
+            self.energy_head,
+            self.hparams.max_new_tokens,
+            self.lm_spec.data_dir,
+        )
+        if self.guard is None:
+            rank_zero_info("No refusal threshold set (model.refusal.threshold): answering every question")
+
+    def predict_step(self, batch: dict[str, Any], batch_idx: int, dataloader_idx: int = 0) -> list[dict[str, Any]]:
+        return predict_records(
+            self.guard, self.model, self.tokenizer, self.energy_head, batch, self.hparams.max_new_tokens
+        )
 
 
 def _remove_tree(path: Path) -> None:

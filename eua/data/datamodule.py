@@ -31,6 +31,7 @@ from eua.data.datasets import (
 from eua.data.formatting import describe_format
 from eua.data.resumable import ResumableDataLoader
 from eua.data.tofu import DataError, holdout_split_for, load_split, retain_split_for
+from eua.refusal.data import QuestionCollator, QuestionDataset, read_questions
 
 log = logging.getLogger(__name__)
 
@@ -70,6 +71,7 @@ class TOFUDataModule(L.LightningDataModule):
         seed: seed of the training order and of the random retain partners in paired batches.
         allow_overlap: accept forget rows that also appear in the retain set (same question and
             answer) with a warning; ``false`` raises ``DataError`` instead.
+        predict_file: JSON Lines file of ``{"question": ...}`` rows that ``predict`` answers.
     """
 
     def __init__(
@@ -88,6 +90,7 @@ class TOFUDataModule(L.LightningDataModule):
         num_workers: int = 0,
         seed: int = 0,
         allow_overlap: bool = True,
+        predict_file: str | None = None,
     ) -> None:
         super().__init__()
         self.save_hyperparameters()
@@ -98,6 +101,7 @@ class TOFUDataModule(L.LightningDataModule):
         self.tokenizer: PreTrainedTokenizerBase | None = None
         self.train_dataset: QADataset | PairedDataset | None = None
         self.eval_datasets: dict[str, EvalDataset] = {}
+        self.predict_dataset: QuestionDataset | None = None
 
     # ----------------------------------------------------------------------------------- rows
 
@@ -171,6 +175,11 @@ class TOFUDataModule(L.LightningDataModule):
                 dataset = EvalDataset(self.eval_rows(name), tokenizer, max_length, correct_field=EVAL_SETS[name])
                 self._report_truncation(f"{name} evaluation", dataset)
                 self.eval_datasets[name] = dataset
+
+        if stage == "predict" and self.predict_dataset is None:
+            if not self.hparams.predict_file:
+                raise DataError("predict needs questions: set data.predict_file to a JSON Lines file of {\"question\": ...} rows")
+            self.predict_dataset = QuestionDataset(read_questions(self.hparams.predict_file), tokenizer)
 
     def _build_train_dataset(self, tokenizer: PreTrainedTokenizerBase, max_length: int) -> QADataset | PairedDataset:
         forget = self.forget_rows()
@@ -248,3 +257,12 @@ class TOFUDataModule(L.LightningDataModule):
 
     def test_dataloader(self) -> list[DataLoader]:
         return self.eval_dataloaders()
+
+    def predict_dataloader(self) -> DataLoader:
+        return DataLoader(
+            self.predict_dataset,
+            batch_size=self.hparams.eval_batch_size,
+            shuffle=False,
+            collate_fn=QuestionCollator(self.pad_token_id),
+            num_workers=self.hparams.num_workers,
+        )
