@@ -3,7 +3,7 @@
 
 Every run is a YAML file under ``configs/`` that the command line can override, for example::
 
-    eua fit --config configs/unlearn/eua.yaml --model.learning_rate 1e-4
+    eua fit --config configs/methods/eua.yaml --model.learning_rate 1e-4
     eua test --config configs/evaluate.yaml --model.lm.name_or_path artifacts/tofu_tiny/eua
     eua pipeline --config configs/pipeline/tofu_tiny.yaml
     eua attack --config configs/attack.yaml --model.name_or_path artifacts/tofu_tiny/eua

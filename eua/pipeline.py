@@ -25,7 +25,7 @@ from eua.evaluation.tofu import format_table
 
 log = logging.getLogger(__name__)
 
-DEFAULT_METHODS = {"eua": "configs/unlearn/eua.yaml", "graddiff": "configs/unlearn/graddiff.yaml"}
+DEFAULT_METHODS = {"eua": "configs/methods/eua.yaml", "graddiff": "configs/methods/graddiff.yaml"}
 
 
 def _run_cli(arguments: list[str]) -> None:

@@ -14,7 +14,7 @@ REPO = Path(__file__).resolve().parents[1]
 
 def test_print_config_lists_defaults(capsys):
     with pytest.raises(SystemExit) as exit_info:
-        main(["fit", "--config", str(REPO / "configs/unlearn/eua.yaml"), "--print_config"])
+        main(["fit", "--config", str(REPO / "configs/methods/eua.yaml"), "--print_config"])
 
     assert exit_info.value.code == 0
     printed = capsys.readouterr().out

@@ -29,7 +29,7 @@ FAKE_SECRETS = {"HF_TOKEN": "hf_FAKEtokenForLeakTest0123456789", "WANDB_API_KEY"
 def fit_command(model_dir: Path, data_dir: Path, run_dir: Path, *extra: str) -> list[str]:
     return [
         sys.executable, "-m", "eua.cli", "fit",
-        "--config", "configs/unlearn/eua.yaml",
+        "--config", "configs/methods/eua.yaml",
         "--model.lm.name_or_path", str(model_dir),
         "--model.results_path", str(run_dir / "final.json"),
         "--model.export_dir", str(run_dir / "model"),

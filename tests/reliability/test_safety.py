@@ -50,7 +50,7 @@ def test_source_loads_no_pickled_weights() -> None:
 
 def test_cli_loads_checkpoints_weights_only(capsys: pytest.CaptureFixture) -> None:
     with pytest.raises(SystemExit) as caught:
-        build_cli(["fit", "--config", str(REPO_ROOT / "configs/unlearn/eua.yaml"), "--print_config"])
+        build_cli(["fit", "--config", str(REPO_ROOT / "configs/methods/eua.yaml"), "--print_config"])
     assert caught.value.code in (0, None)
     assert "\nweights_only: true\n" in capsys.readouterr().out
 
@@ -104,7 +104,7 @@ def test_failed_write_keeps_old_file(tmp_path: Path) -> None:
 )
 def test_unknown_config_key_rejected(arguments: list[str], expected: str, capsys: pytest.CaptureFixture) -> None:
     with pytest.raises(SystemExit) as caught:
-        build_cli(["fit", "--config", str(REPO_ROOT / "configs/unlearn/eua.yaml"), *arguments])
+        build_cli(["fit", "--config", str(REPO_ROOT / "configs/methods/eua.yaml"), *arguments])
     assert caught.value.code != 0
     assert expected in capsys.readouterr().err
 
@@ -113,5 +113,5 @@ def test_unknown_key_in_yaml_rejected(tmp_path: Path, capsys: pytest.CaptureFixt
     config = tmp_path / "typo.yaml"
     config.write_text("model:\n  lerning_rate: 0.1\n")
     with pytest.raises(SystemExit):
-        build_cli(["fit", "--config", str(REPO_ROOT / "configs/unlearn/eua.yaml"), "--config", str(config)])
+        build_cli(["fit", "--config", str(REPO_ROOT / "configs/methods/eua.yaml"), "--config", str(config)])
     assert "lerning_rate" in capsys.readouterr().err

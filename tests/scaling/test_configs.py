@@ -53,7 +53,7 @@ def test_lora_and_logger_options_parse(capsys, monkeypatch):
     monkeypatch.chdir(REPO_ROOT)
     config = _print_config(
         [
-            "--config", "configs/unlearn/eua.yaml",
+            "--config", "configs/methods/eua.yaml",
             "--config", "configs/logger/wandb.yaml",
             "--config", "configs/callbacks/evaluation.yaml",
             "--model.lora.r", "16",
