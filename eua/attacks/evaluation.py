@@ -29,7 +29,7 @@ from eua.data.datasets import EvalCollator, EvalDataset
 from eua.energy import EnergyHead
 from eua.evaluation.results import ResultsError, read_results
 from eua.evaluation.scoring import score_batch
-from eua.evaluation.tofu import aggregate
+from eua.evaluation.tofu import RetainReference, aggregate
 
 log = logging.getLogger(__name__)
 
@@ -136,7 +136,7 @@ def summarize(
     """Aggregate one evaluation: the TOFU forget metrics, energy AUROC and refusal rates."""
     matched = None
     if retain_ratios is not None:
-        matched = [retain_ratios[index] for index in forget_indices if index in retain_ratios]
+        matched = RetainReference(truth_ratios=[retain_ratios[index] for index in forget_indices if index in retain_ratios])
     summary = aggregate({"forget": forget_scores, "retain": retain_scores}, matched)
     summary["forget/items"] = len(forget_indices)
     summary["forget/refusal_rate"] = refusal_rate(forget_scores["energy_prompt"], threshold)

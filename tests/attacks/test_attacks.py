@@ -193,14 +193,14 @@ def test_threshold_from_number_or_file(tmp_path: Path) -> None:
 
 def test_retain_results_without_forget_set_fails(tmp_path: Path) -> None:
     results = tmp_path / "results.json"
-    results.write_text(json.dumps({"per_item": {"retain": {}}}))
+    results.write_text(json.dumps({"aggregate": {}, "per_item": {"retain": {}}}))
     with pytest.raises(ResultsError, match="no per_item.forget.truth_ratio"):
         read_retain_truth_ratios(str(results), 40)
 
 
 def test_runner_end_to_end(tiny_spec, tofu_dir: Path, tmp_path: Path) -> None:
     retain = tmp_path / "retain.json"
-    retain.write_text(json.dumps({"per_item": {"forget": {"index": list(range(40)), "truth_ratio": [0.6] * 40}}}))
+    retain.write_text(json.dumps({"aggregate": {}, "per_item": {"forget": {"index": list(range(40)), "truth_ratio": [0.6] * 40}}}))
     output = tmp_path / "attacks.json"
 
     document = run_attacks(
