@@ -11,6 +11,8 @@ from __future__ import annotations
 import copy
 import logging
 import math
+from collections.abc import Iterator
+from contextlib import contextmanager
 from dataclasses import replace
 from pathlib import Path
 from typing import Any
@@ -122,6 +124,15 @@ class UnlearningModule(L.LightningModule):
             raise RuntimeError(f"objective {self.objective.name!r} asked for a reference model, but none was built")
         return self._reference[0]
 
+    @contextmanager
+    def reference_context(self) -> Iterator[nn.Module]:
+        """Yield the frozen reference model: the saved copy, or with LoRA the base model with its adapters off."""
+        if is_lora(self.model):
+            with base_model_context(self.model):
+                yield self.model.get_base_model()
+        else:
+            yield self.reference_model
+
     @torch.no_grad()
     def reference_logits(self, part: dict[str, Tensor]) -> Tensor:
         if is_lora(self.model):
@@ -148,17 +159,27 @@ class UnlearningModule(L.LightningModule):
     def setup(self, stage: str) -> None:
         # ``setup`` runs before Lightning restores a checkpoint, so on a resumed run (--ckpt_path)
         # the reference is still the model loaded from ``lm``, never the resumed weights.
-        if stage == "fit" and self.objective.needs_reference and not self._reference and not is_lora(self.model):
-            if is_sharded_strategy(self.trainer.strategy):
-                # The trained model will be sharded: load the starting weights again, without
-                # gradients and in bf16 when training in bf16.
-                dtype = "bfloat16" if str(self.trainer.precision).startswith("bf16") else self.lm_spec.dtype
-                reference = load_model(replace(self.lm_spec, dtype=dtype)).eval()
-            else:
-                reference = copy.deepcopy(self.model).eval()
-            reference.requires_grad_(False)
-            self._reference.append(reference)
-            rank_zero_info("Built the frozen reference model from the starting weights")
+        if stage == "fit":
+            self.build_reference()
+
+    def build_reference(self) -> None:
+        """Freeze a copy of the current (starting) weights as the reference model, if the objective needs one.
+
+        With LoRA no copy is made: the reference is the base model with the adapters switched off.
+        """
+        if not self.objective.needs_reference or self._reference or is_lora(self.model):
+            return
+        trainer = self._trainer
+        if trainer is not None and is_sharded_strategy(trainer.strategy):
+            # The trained model will be sharded: load the starting weights again, without
+            # gradients and in bf16 when training in bf16.
+            dtype = "bfloat16" if str(trainer.precision).startswith("bf16") else self.lm_spec.dtype
+            reference = load_model(replace(self.lm_spec, dtype=dtype)).eval()
+        else:
+            reference = copy.deepcopy(self.model).eval()
+        reference.requires_grad_(False)
+        self._reference.append(reference)
+        rank_zero_info("Built the frozen reference model from the starting weights")
 
     def on_fit_start(self) -> None:
         if self._reference:

@@ -15,6 +15,7 @@ import logging
 from typing import Any, Literal
 
 import lightning as L
+from lightning.pytorch.strategies import ParallelStrategy
 from lightning.pytorch.utilities import rank_zero_info, rank_zero_warn
 from torch.utils.data import DataLoader
 from transformers import PreTrainedTokenizerBase
@@ -226,12 +227,23 @@ class TOFUDataModule(L.LightningDataModule):
             raise ValueError("the tokenizer has neither a pad nor an eos token; set tokenizer.pad_token (or eos_token)")
         return pad
 
-    def train_dataloader(self) -> ResumableDataLoader:
+    def train_dataloader(self) -> DataLoader:
         dataset = self.train_dataset
         if isinstance(dataset, PairedDataset):
             collate = PairedCollator(self.pad_token_id)
         else:
             collate = QACollator(self.pad_token_id)
+
+        if self.trainer is not None and isinstance(self.trainer.strategy, ParallelStrategy):
+            # Lightning rebuilds the loader around a DistributedSampler, which the resumable loader
+            # does not accept. NOTE: so a multi-process run resumes at the start of an epoch.
+            return DataLoader(
+                dataset,
+                batch_size=self.hparams.batch_size,
+                shuffle=True,
+                collate_fn=collate,
+                num_workers=self.hparams.num_workers,
+            )
         return ResumableDataLoader(
             dataset,
             batch_size=self.hparams.batch_size,

@@ -11,6 +11,7 @@ import logging
 from contextlib import AbstractContextManager, nullcontext
 from dataclasses import dataclass, field
 
+import torch
 from torch import nn
 
 log = logging.getLogger(__name__)
@@ -34,6 +35,10 @@ class LoraSpec:
     target_modules: list[str] | str = field(
         default_factory=lambda: ["q_proj", "k_proj", "v_proj", "o_proj", "gate_proj", "up_proj", "down_proj"]
     )
+
+
+# Checkpoints store the module hyperparameters, this spec among them (numbers and strings only).
+torch.serialization.add_safe_globals([LoraSpec])
 
 
 def apply_lora(model: nn.Module, spec: LoraSpec, gradient_checkpointing: bool = False) -> nn.Module:

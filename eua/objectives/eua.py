@@ -71,19 +71,22 @@ class EUA(Objective):
 
     def margins(self, module, name: str, part: Batch, mask: torch.Tensor) -> torch.Tensor:
         """Return the reference ``(m_in, m_out)`` at the true positions of ``mask``: shape ``[N, 2]``."""
-        compute = partial(
-            compute_margins,
-            module.reference_model,
-            fraction=self.fraction,
-            temperature=self.temperature,
-            fill=self.fill,
-            chunk_size=self.chunk_size,
-        )
-        if self._cache is None:
-            return compute(part, mask)
-        if not self._cache.is_bound_to(module.reference_model):
-            self._cache.bind_module(module, self.fraction, self.temperature, self.fill)
-        return self._cache.margins(name, part, mask, compute)
+        with module.reference_context() as reference:
+            compute = partial(
+                compute_margins,
+                reference,
+                fraction=self.fraction,
+                temperature=self.temperature,
+                fill=self.fill,
+                chunk_size=self.chunk_size,
+            )
+            if self._cache is None:
+                return compute(part, mask)
+            # NOTE: with LoRA the reference is the trained model's own base, so the cache binds to
+            # its weights once; the base weights stay frozen, so its margins stay valid.
+            if not self._cache.is_bound_to(reference):
+                self._cache.bind_module(module, reference, self.fraction, self.temperature, self.fill)
+            return self._cache.margins(name, part, mask, compute)
 
     def __call__(self, module, batch: Batch) -> ObjectiveOutput:
         forget, retain = batch["forget"], batch["retain"]

@@ -145,9 +145,10 @@ class MarginCache:
     def is_bound_to(self, reference: nn.Module) -> bool:
         return self._bound_reference is not None and self._bound_reference() is reference
 
-    def bind_module(self, module: Any, fraction: float, temperature: float, fill: MarginFill) -> None:
-        """Bind to the fingerprint of ``module``'s tokenizer, reference model, data ``max_length`` and the margin settings."""
-        reference = module.reference_model
+    def bind_module(
+        self, module: Any, reference: nn.Module, fraction: float, temperature: float, fill: MarginFill
+    ) -> None:
+        """Bind to the fingerprint of ``module``'s tokenizer, ``reference``, data ``max_length`` and the margin settings."""
         self.bind(
             {
                 "tokenizer": tokenizer_fingerprint(module.tokenizer),

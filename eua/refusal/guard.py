@@ -62,6 +62,11 @@ class GuardSettings:
     template: str | None = None
 
 
+# Module hyperparameters store these settings, so checkpoints contain them; they hold only strings,
+# so allowing them keeps checkpoints loadable with torch.load(weights_only=True).
+torch.serialization.add_safe_globals([GuardSettings])
+
+
 def load_refusals(source: str, data_dir: str | None = None) -> list[str]:
     """Read refusal texts: ``idontknow`` (the TOFU split in ``data_dir``) or a JSON Lines file of ``{"text": ...}``."""
     if source == "idontknow":

@@ -21,7 +21,7 @@ CACHE_LOG = "eua.objectives.margin_cache"
 def make_module(spec, objective: EUA) -> UnlearningModule:
     torch.manual_seed(0)
     module = UnlearningModule(lm=spec, objective=objective)
-    module.on_fit_start()
+    module.build_reference()
     return module
 
 

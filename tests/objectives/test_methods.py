@@ -58,7 +58,7 @@ def fitted_state(tiny_spec: ModelSpec, paired_batch: dict) -> dict[str, torch.Te
 def build_module(tiny_spec: ModelSpec, fitted_state: dict, objective) -> UnlearningModule:
     module = UnlearningModule(lm=tiny_spec, objective=objective, learning_rate=LEARNING_RATE)
     module.model.load_state_dict(fitted_state)
-    module.on_fit_start()
+    module.build_reference()
     return module
 
 
