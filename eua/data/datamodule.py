@@ -30,7 +30,7 @@ from eua.data.datasets import (
     refusal_rows,
 )
 from eua.data.formatting import describe_format
-from eua.data.resumable import ResumableDataLoader
+from eua.data.resumable import EpochShuffleSampler, ResumableDataLoader
 from eua.data.tofu import DataError, holdout_split_for, load_split, retain_split_for
 from eua.refusal.data import QuestionCollator, QuestionDataset, read_questions
 
@@ -235,12 +235,13 @@ class TOFUDataModule(L.LightningDataModule):
             collate = QACollator(self.pad_token_id)
 
         if self.trainer is not None and isinstance(self.trainer.strategy, ParallelStrategy):
-            # Lightning rebuilds the loader around a DistributedSampler, which the resumable loader
-            # does not accept. NOTE: so a multi-process run resumes at the start of an epoch.
+            # Lightning rebuilds the loader to wrap its sampler for distributed training, which the
+            # resumable loader does not allow, so a plain DataLoader gets the same seeded order.
+            # NOTE: a multi-process run therefore resumes at the start of the interrupted epoch.
             return DataLoader(
                 dataset,
                 batch_size=self.hparams.batch_size,
-                shuffle=True,
+                sampler=EpochShuffleSampler(dataset, self.hparams.seed),
                 collate_fn=collate,
                 num_workers=self.hparams.num_workers,
             )
