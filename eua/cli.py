@@ -62,9 +62,19 @@ def build_cli(args: list[str] | None = None, run: bool = True) -> EUACLI:
     )
 
 
+EXTRA_COMMANDS = """\
+eua also has these commands (each takes --config FILE and --help):
+  pipeline   target, retain model, unlearning methods and their evaluation in one table
+  calibrate  fit the refusal threshold of an unlearned model on retained questions
+  attack     relearning, quantization and rephrasing attacks on an unlearned model
+"""
+
+
 def main(argv: list[str] | None = None) -> None:
     configure_environment()
     arguments = sys.argv[1:] if argv is None else argv
+    if arguments and arguments[0] in ("-h", "--help"):
+        print(EXTRA_COMMANDS)  # noqa: T201 - help text is this command's output
     if arguments and arguments[0] == "pipeline":
         from eua.pipeline import pipeline_main
 

@@ -58,7 +58,7 @@ class UnlearningModule(L.LightningModule):
         retain_results: results file of the retain model (eua or open-unlearning TOFU_EVAL.json
             layout), for forget quality and privleak.
         results_path: where ``test``/``validate`` write the results JSON; unset writes
-            ``<log dir>/results_<stage>.json``.
+            ``<log dir>/results_<stage>_epoch<E>.json``.
         overwrite_results: replace an existing results file.
         results_layout: ``eua`` (default) or ``open-unlearning`` (its TOFU_EVAL.json layout).
         export_dir: after ``fit``, save the model and tokenizer there (safetensors).
@@ -265,6 +265,20 @@ class UnlearningModule(L.LightningModule):
             self.model, self.tokenizer, self.energy_head, batch, self.hparams.max_new_tokens, generate=generate
         )
         self.eval_scores[set_name].update(batch["index"], scores)
+
+    def on_validation_start(self) -> None:
+        self._check_retain_results()
+
+    def on_test_start(self) -> None:
+        self._check_retain_results()
+
+    def _check_retain_results(self) -> None:
+        """Fail before evaluating, not after, when the retain model's results file is unusable."""
+        if self.hparams.retain_results:
+            try:
+                read_retain_reference(self.hparams.retain_results)
+            except ResultsError as error:
+                raise ResultsError(f"model.retain_results: {error}") from error
 
     def validation_step(self, batch: dict[str, Any], batch_idx: int, dataloader_idx: int = 0) -> None:
         self._eval_step(batch, dataloader_idx, generate=self.hparams.generate_on_validation)

@@ -89,7 +89,7 @@ def read_jsonl(path: Path, split: str | None = None) -> list[dict[str, Any]]:
             row = json.loads(line)
         except json.JSONDecodeError as error:
             raise DataError(
-                f"{path}:{line_number}: invalid JSON ({error.msg} at column {error.colno}); "
+                f"{path}:{line_number}: invalid JSON at column {error.colno} ({error.msg}); "
                 f"each line must be one JSON object"
             ) from error
         if not isinstance(row, dict):

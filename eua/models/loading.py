@@ -97,6 +97,11 @@ def _as_plain_model(model: PreTrainedModel) -> PreTrainedModel:
     return model
 
 
+def _looks_like_local_path(name: str) -> bool:
+    """A hub id is ``name`` or ``org/name``; anything with more parts or a path prefix is a folder."""
+    return name.startswith((".", "/", "~")) or name.count("/") > 1
+
+
 def _resolve(spec: ModelSpec) -> tuple[str, str | None]:
     """Return ``(pretrained name or folder, gguf file name or None)``."""
     if spec.name_or_path == TINY:
@@ -112,6 +117,11 @@ def _resolve(spec: ModelSpec) -> tuple[str, str | None]:
             raise FileNotFoundError(f"GGUF file {spec.name_or_path!r} not found")
         source, gguf_file = str(path.parent), path.name
 
+    if gguf_file is None and not Path(source).exists() and _looks_like_local_path(source):
+        raise FileNotFoundError(
+            f"model folder {source!r} not found; create it first (for the pipeline's target model: "
+            f"eua fit --config configs/finetune.yaml), or give a hub id such as 'org/name'"
+        )
     if gguf_file and spec.gguf_cache_dir:
         return str(convert_gguf(source, gguf_file, Path(spec.gguf_cache_dir) / Path(gguf_file).stem)), None
     return source, gguf_file

@@ -38,7 +38,7 @@ def read_questions(path: str | Path) -> list[dict[str, Any]]:
             row = json.loads(line)
         except json.JSONDecodeError as error:
             raise DataError(
-                f"{source}:{line_number}: invalid JSON ({error.msg} at column {error.colno}); "
+                f"{source}:{line_number}: invalid JSON at column {error.colno} ({error.msg}); "
                 f"each line must be one JSON object such as {{\"question\": \"...\"}}"
             ) from error
         if not isinstance(row, dict):
