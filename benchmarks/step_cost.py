@@ -172,7 +172,7 @@ def build_module(case: str, device: torch.device) -> UnlearningModule:
         torch.manual_seed(0)
         module.model = LlamaForCausalLM(config).train()
     module.to(device)
-    module.on_fit_start()
+    module.build_reference()
     return module
 
 
