@@ -20,7 +20,11 @@ import sys
 from lightning.pytorch.cli import LightningCLI
 
 from eua.data.datamodule import TOFUDataModule
+from eua.data.tofu import DataError
+from eua.evaluation.results import ResultsError
+from eua.guards import NonFiniteLossError
 from eua.module import UnlearningModule
+from eua.refusal.calibration import CalibrationError
 
 
 class EUACLI(LightningCLI):
@@ -93,5 +97,28 @@ def main(argv: list[str] | None = None) -> None:
     build_cli(argv)
 
 
+# Errors caused by the user's input or files: their messages name the file, line or field and the
+# fix, so the console script prints the message alone. EUA_TRACEBACK=1 shows the traceback too.
+USER_ERRORS: tuple[type[BaseException], ...] = (
+    DataError,
+    ResultsError,
+    CalibrationError,
+    NonFiniteLossError,
+    FileNotFoundError,
+    FileExistsError,
+)
+
+
+def run() -> None:
+    """Console-script entry point: ``main`` with one-line messages for input errors."""
+    try:
+        main()
+    except USER_ERRORS as error:
+        if os.environ.get("EUA_TRACEBACK"):
+            raise
+        logging.getLogger("eua").error("%s: %s", type(error).__name__, error)
+        sys.exit(2)
+
+
 if __name__ == "__main__":
-    main()
+    run()

@@ -58,3 +58,21 @@ def test_fit_then_test_through_cli(tmp_path, tiny_model_dir, tofu_dir):
     assert aggregate["forget_quality"] is None
     assert len(document["per_item"]["forget"]["truth_ratio"]) == 6
     assert 0.0 <= aggregate["forget/probability"] <= 1.0
+
+
+def test_console_script_prints_input_error(monkeypatch, tmp_path, caplog):
+    from eua.cli import run
+
+    monkeypatch.delenv("EUA_TRACEBACK", raising=False)
+    monkeypatch.setattr(
+        "sys.argv",
+        ["eua", "fit", "--config", str(REPO / "configs/finetune.yaml"), "--data.data_dir", str(tmp_path / "absent"),
+         "--model.lm.tiny_dir", str(tmp_path / "tiny")],
+    )
+
+    with pytest.raises(SystemExit) as exit_info, caplog.at_level("ERROR", logger="eua"):
+        run()
+
+    assert exit_info.value.code == 2
+    assert "DataError: TOFU data folder" in caplog.text
+    assert "absent" in caplog.text
