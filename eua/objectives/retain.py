@@ -4,7 +4,8 @@
     kl:  mean over retain answer tokens of KL(p_ref || p_theta) (keeps the model close to the
          frozen starting model on the retain set; needs the reference model)
 
-``ForgetRetainObjective`` is the base class of methods shaped ``gamma * forget + alpha * retain``.
+``ForgetRetainObjective`` is the base class of methods shaped ``gamma * forget + alpha * retain``,
+and ``TokenWeightedAscent`` that of the token-reweighted gradient-ascent methods (SatImp, WGA).
 """
 
 from __future__ import annotations
@@ -15,7 +16,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor
 
-from eua.objectives.base import Batch, Objective, masked_mean, mean_nll, shift
+from eua.objectives.base import Batch, Objective, ObjectiveOutput, masked_mean, mean_nll, shift, token_nll
 
 RetainLoss = Literal["nll", "kl"]
 
@@ -68,3 +69,34 @@ class ForgetRetainObjective(Objective):
 
     def combine(self, forget: Tensor, retain: Tensor) -> Tensor:
         return self.gamma * forget + self.alpha * retain
+
+
+class TokenWeightedAscent(ForgetRetainObjective):
+    """Gradient ascent on forget answer tokens, each weighted by a function of its probability.
+
+    ``forget = -mean_t w(p_t) * NLL_t`` over forget answer tokens, with ``p_t`` the policy's
+    probability of the true token and the weight ``w`` held constant in the gradient. Subclasses
+    implement ``token_weight``.
+    """
+
+    def token_weight(self, probability: Tensor) -> Tensor:
+        raise NotImplementedError
+
+    def __call__(self, module, batch: Batch) -> ObjectiveOutput:
+        part = batch["forget"]
+        nll, mask = token_nll(module.logits(part), part["labels"])
+        with torch.no_grad():
+            weight = self.token_weight(torch.exp(-nll))
+
+        forget = -masked_mean(weight * nll, mask)
+        retain = self.retain_term(module, batch)
+        loss = self.combine(forget, retain)
+
+        return ObjectiveOutput(
+            loss,
+            {
+                "forget_nll": masked_mean(nll, mask).detach(),
+                "token_weight": masked_mean(weight, mask),
+                f"retain_{self.retain_loss}": retain.detach(),
+            },
+        )

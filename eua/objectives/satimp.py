@@ -11,11 +11,10 @@ from __future__ import annotations
 
 import torch
 
-from eua.objectives.base import Batch, ObjectiveOutput, masked_mean, token_nll
-from eua.objectives.retain import ForgetRetainObjective, RetainLoss
+from eua.objectives.retain import RetainLoss, TokenWeightedAscent
 
 
-class SatImp(ForgetRetainObjective):
+class SatImp(TokenWeightedAscent):
     """Token-reweighted gradient ascent on the forget answers, plus a retain term.
 
     Args:
@@ -41,22 +40,5 @@ class SatImp(ForgetRetainObjective):
         self.beta1 = beta1
         self.beta2 = beta2
 
-    def __call__(self, module, batch: Batch) -> ObjectiveOutput:
-        part = batch["forget"]
-        nll, mask = token_nll(module.logits(part), part["labels"])
-        with torch.no_grad():
-            probability = torch.exp(-nll)
-            weight = probability**self.beta1 * (1 - probability) ** self.beta2
-
-        forget = -masked_mean(weight * nll, mask)
-        retain = self.retain_term(module, batch)
-        loss = self.combine(forget, retain)
-
-        return ObjectiveOutput(
-            loss,
-            {
-                "forget_nll": masked_mean(nll, mask).detach(),
-                "token_weight": masked_mean(weight, mask),
-                f"retain_{self.retain_loss}": retain.detach(),
-            },
-        )
+    def token_weight(self, probability: torch.Tensor) -> torch.Tensor:
+        return probability**self.beta1 * (1 - probability) ** self.beta2

@@ -12,11 +12,10 @@ from __future__ import annotations
 
 import torch
 
-from eua.objectives.base import Batch, ObjectiveOutput, masked_mean, token_nll
-from eua.objectives.retain import ForgetRetainObjective, RetainLoss
+from eua.objectives.retain import RetainLoss, TokenWeightedAscent
 
 
-class WGA(ForgetRetainObjective):
+class WGA(TokenWeightedAscent):
     """Probability-weighted gradient ascent on the forget answers, plus a retain term.
 
     Args:
@@ -34,21 +33,5 @@ class WGA(ForgetRetainObjective):
         super().__init__(gamma=gamma, alpha=alpha, retain_loss=retain_loss)
         self.beta = beta
 
-    def __call__(self, module, batch: Batch) -> ObjectiveOutput:
-        part = batch["forget"]
-        nll, mask = token_nll(module.logits(part), part["labels"])
-        with torch.no_grad():
-            weight = torch.exp(-nll) ** self.beta
-
-        forget = -masked_mean(weight * nll, mask)
-        retain = self.retain_term(module, batch)
-        loss = self.combine(forget, retain)
-
-        return ObjectiveOutput(
-            loss,
-            {
-                "forget_nll": masked_mean(nll, mask).detach(),
-                "token_weight": masked_mean(weight, mask),
-                f"retain_{self.retain_loss}": retain.detach(),
-            },
-        )
+    def token_weight(self, probability: torch.Tensor) -> torch.Tensor:
+        return probability**self.beta
