@@ -11,7 +11,6 @@ threshold: ``refused = E(z_prompt) > threshold``, where high energy means low co
 
 from __future__ import annotations
 
-import json
 import logging
 import math
 from collections.abc import Sequence
@@ -27,7 +26,7 @@ from transformers import PreTrainedModel, PreTrainedTokenizerBase
 from eua.data.datamodule import EVAL_SETS
 from eua.data.datasets import EvalCollator, EvalDataset
 from eua.energy import EnergyHead
-from eua.evaluation.results import ResultsError, read_results
+from eua.evaluation.results import ResultsError, read_json_file, read_results
 from eua.evaluation.scoring import score_batch
 from eua.evaluation.tofu import RetainReference, aggregate
 
@@ -90,10 +89,7 @@ def read_threshold(threshold: float | str | None) -> float | None:
     path = Path(threshold)
     if not path.is_file():
         raise FileNotFoundError(f"threshold {threshold!r} is neither a number nor an existing JSON file")
-    try:
-        document = json.loads(path.read_text(encoding="utf-8"))
-    except json.JSONDecodeError as error:
-        raise ValueError(f"{path}:{error.lineno}: invalid JSON ({error.msg})") from error
+    document = read_json_file(path)
     value = document.get("threshold") if isinstance(document, dict) else None
     if not isinstance(value, (int, float)) or isinstance(value, bool) or not math.isfinite(value):
         raise ValueError(f"{path} needs a finite number under the key \"threshold\", got {value!r}")

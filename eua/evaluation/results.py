@@ -70,15 +70,20 @@ def write_json_atomic(path: str | os.PathLike[str], document: Any, overwrite: bo
     return target
 
 
+def read_json_file(source: Path, error: type[Exception] = ValueError) -> Any:
+    """Parse a JSON file; invalid JSON raises ``error`` with the file and line in its message."""
+    try:
+        return json.loads(source.read_text(encoding="utf-8"))
+    except json.JSONDecodeError as decode_error:
+        raise error(f"{source}:{decode_error.lineno}: invalid JSON ({decode_error.msg})") from decode_error
+
+
 def read_results(path: str | os.PathLike[str]) -> dict[str, Any]:
     """Read a results file in either layout and return it in the eua layout."""
     source = Path(path)
     if not source.is_file():
         raise ResultsError(f"results file {source} not found; run `eua test` on that model first")
-    try:
-        document = json.loads(source.read_text(encoding="utf-8"))
-    except json.JSONDecodeError as error:
-        raise ResultsError(f"{source}:{error.lineno}: invalid JSON ({error.msg})") from error
+    document = read_json_file(source, ResultsError)
     if not isinstance(document, dict):
         raise ResultsError(f"{source}: expected a JSON object at the top level, got {type(document).__name__}")
     if "aggregate" in document:

@@ -27,7 +27,7 @@ import torch
 from torch import Tensor, nn
 from transformers import PreTrainedTokenizerBase
 
-from eua.evaluation.results import write_json_atomic
+from eua.evaluation.results import read_json_file, write_json_atomic
 from eua.refusal.scoring import ScoreDefinition
 
 Method = Literal["conformal", "empirical"]
@@ -148,10 +148,7 @@ class Threshold:
         source = Path(path)
         if not source.is_file():
             raise CalibrationError(f"threshold file {str(source)!r} not found; create it with `eua calibrate`")
-        try:
-            data = json.loads(source.read_text(encoding="utf-8"))
-        except json.JSONDecodeError as error:
-            raise CalibrationError(f"{source}:{error.lineno}: invalid JSON ({error.msg})") from error
+        data = read_json_file(source, CalibrationError)
 
         required = ("threshold", "alpha", "method", "n", "score", "fingerprint")
         missing = [name for name in required if name not in data]
