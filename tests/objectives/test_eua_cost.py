@@ -91,7 +91,8 @@ def test_cached_margins_give_the_uncached_loss_without_a_reference_forward(tiny_
     uncached = EUA(cache_margins=False)
 
     first = cached(module, batch).loss
-    assert cached.margin_cache.misses == 6 and cached.margin_cache.hits == 0
+    assert cached.margin_cache.misses == 6
+    assert cached.margin_cache.hits == 0
 
     calls = []
     hook = module.reference_model.register_forward_pre_hook(lambda *args: calls.append(1))
