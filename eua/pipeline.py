@@ -5,7 +5,9 @@ Stages, each a plain ``eua fit`` or ``eua test`` run of the named config files:
 1. finetune the target model on forget + retain rows (``work_dir/target``);
 2. finetune the retain model on the retain rows only (``work_dir/retain``);
 3. evaluate the retain model, then the target against it (forget quality needs the retain log);
-4. unlearn the target with each method, then evaluate it.
+4. unlearn the target with each method, then evaluate it;
+5. with ``calibrate_config``, fit each model's refusal threshold and report its refusal rates
+   (an ``eua calibrate`` run); the table then gains refusal columns.
 
 A stage whose output already exists (a saved model folder, a results file) is reused, unless
 ``force`` is set. The summary table goes to stdout and to ``work_dir/summary.md``.
@@ -13,15 +15,16 @@ A stage whose output already exists (a saved model folder, a results file) is re
 
 from __future__ import annotations
 
-import json
 import logging
+import sys
 import time
 from pathlib import Path
 
 from jsonargparse import auto_cli
 
-from eua.evaluation.results import read_results, write_json_atomic
+from eua.evaluation.results import read_json_file, read_results, write_json_atomic, write_text_atomic
 from eua.evaluation.tofu import format_table
+from eua.refusal.calibrate import REPORT_FILE
 
 log = logging.getLogger(__name__)
 
@@ -32,7 +35,29 @@ def _run_cli(arguments: list[str]) -> None:
     from eua.cli import build_cli
 
     log.info("eua %s", " ".join(arguments))
-    build_cli(arguments)
+    # LightningCLI warns when it gets ``args`` while sys.argv contains other arguments (the pipeline's own).
+    own_arguments, sys.argv = sys.argv, sys.argv[:1]
+    try:
+        build_cli(arguments)
+    finally:
+        sys.argv = own_arguments
+
+
+def _run_calibrate(arguments: list[str]) -> None:
+    from eua.refusal.calibrate import calibrate_main
+
+    log.info("eua calibrate %s", " ".join(arguments))
+    calibrate_main(arguments)
+
+
+def _table_row(folder: Path) -> dict:
+    """Return a model's aggregates, plus ``refusal/<set>`` rates when its refusal report exists."""
+    row = dict(read_results(folder / "results.json")["aggregate"])
+    report = folder / REPORT_FILE
+    if report.is_file():
+        sets = read_json_file(report).get("sets", {})
+        row.update({f"refusal/{name}": entry["refusal_rate"] for name, entry in sets.items()})
+    return row
 
 
 def _run_dir_args(work: Path, name: str) -> list[str]:
@@ -47,6 +72,11 @@ def run_pipeline(
     evaluate_config: str = "configs/evaluate.yaml",
     methods: dict[str, str] | None = None,
     overrides: list[str] | None = None,
+    finetune_overrides: list[str] | None = None,
+    unlearn_overrides: list[str] | None = None,
+    evaluate_overrides: list[str] | None = None,
+    calibrate_config: str | None = None,
+    calibrate_overrides: list[str] | None = None,
     force: bool = False,
 ) -> dict[str, dict]:
     """Run every stage and return ``{model name: aggregates}``.
@@ -58,6 +88,12 @@ def run_pipeline(
         evaluate_config: config of the evaluation runs.
         methods: ``{name: unlearning config}``; defaults to EUA and GradDiff.
         overrides: extra command-line arguments for every stage, e.g. ``["--data.forget_split", "forget05"]``.
+        finetune_overrides: extra arguments of the target and retain finetuning runs only, after ``overrides``.
+        unlearn_overrides: extra arguments of every unlearning run only, e.g. ``["--model.learning_rate", "1e-5"]``.
+        evaluate_overrides: extra arguments of every evaluation run only.
+        calibrate_config: ``eua calibrate`` config run on every model after its evaluation; unset
+            skips refusal calibration.
+        calibrate_overrides: extra ``eua calibrate`` arguments, e.g. ``["--eval_limit=null"]``.
         force: rerun stages whose outputs exist.
     """
     work = Path(work_dir)
@@ -74,7 +110,7 @@ def run_pipeline(
             return
         started = time.perf_counter()
         _run_cli(
-            ["fit", "--config", finetune_config, *shared, "--data.finetune_on", finetune_on,
+            ["fit", "--config", finetune_config, *shared, *(finetune_overrides or []), "--data.finetune_on", finetune_on,
              "--model.export_dir", str(export), "--model.lm.tiny_dir", str(work / "tiny-init"),
              *_run_dir_args(work, name)]
         )
@@ -87,7 +123,7 @@ def run_pipeline(
             return
         started = time.perf_counter()
         _run_cli(
-            ["fit", "--config", config, *shared, "--model.lm.name_or_path", str(work / "target"),
+            ["fit", "--config", config, *shared, *(unlearn_overrides or []), "--model.lm.name_or_path", str(work / "target"),
              "--model.export_dir", str(export), *_run_dir_args(work, name)]
         )
         wall_times[f"fit {name}"] = time.perf_counter() - started
@@ -100,28 +136,45 @@ def run_pipeline(
         started = time.perf_counter()
         retain = ["--model.retain_results", str(work / "retain" / "results.json")] if with_retain else []
         _run_cli(
-            ["test", "--config", evaluate_config, *shared, "--model.lm.name_or_path", str(work / name),
+            ["test", "--config", evaluate_config, *shared, *(evaluate_overrides or []), "--model.lm.name_or_path", str(work / name),
              "--model.results_path", str(results), "--model.overwrite_results", "true", *retain,
              *_run_dir_args(work, f"test_{name}")]
         )
         wall_times[f"test {name}"] = time.perf_counter() - started
         return results
 
+    def calibrate(name: str) -> None:
+        if calibrate_config is None:
+            return
+        report = work / name / REPORT_FILE
+        if report.is_file() and not force:
+            log.info("Reusing %s", report)
+            return
+        started = time.perf_counter()
+        data = [] if data_dir is None else ["--data_dir", data_dir]
+        _run_calibrate(
+            ["--config", calibrate_config, *data, *(calibrate_overrides or []), "--lm.name_or_path", str(work / name)]
+        )
+        wall_times[f"calibrate {name}"] = time.perf_counter() - started
+
     started = time.perf_counter()
     finetune("target", "full")
     finetune("retain", "retain")
     evaluate("retain", with_retain=False)  # The retain model is the reference for forget quality.
     evaluate("target")
+    calibrate("retain")
+    calibrate("target")
     for name, config in methods.items():
         unlearn(name, config)
         evaluate(name)
+        calibrate(name)
     total = time.perf_counter() - started
 
-    rows = {name: read_results(work / name / "results.json")["aggregate"] for name in ["target", "retain", *methods]}
+    rows = {name: _table_row(work / name) for name in ["target", "retain", *methods]}
     table = format_table(rows)
     summary = {"rows": rows, "wall_seconds": {**wall_times, "total": total}}
     write_json_atomic(work / "summary.json", summary, overwrite=True)
-    (work / "summary.md").write_text(table + "\n", encoding="utf-8")
+    write_text_atomic(work / "summary.md", table + "\n", overwrite=True)
     print(table)  # noqa: T201 - the table is this command's output
     print(f"Total wall time of this invocation: {total:.0f} s (stages run: {', '.join(wall_times) or 'none, all reused'})")  # noqa: T201
     return rows

@@ -52,6 +52,12 @@ def _clean(value: Any) -> Any:
 
 def write_json_atomic(path: str | os.PathLike[str], document: Any, overwrite: bool = False) -> Path:
     """Write ``document`` as JSON to ``path`` through a temporary file and a rename."""
+    text = json.dumps(_clean(document), indent=1, allow_nan=False) + "\n"
+    return write_text_atomic(path, text, overwrite=overwrite)
+
+
+def write_text_atomic(path: str | os.PathLike[str], text: str, overwrite: bool = False) -> Path:
+    """Write ``text`` to ``path`` through a temporary file and a rename: a crash leaves the old file."""
     target = Path(path)
     if target.exists() and not overwrite:
         raise FileExistsError(f"{target} already exists; pass overwrite=True (or --model.overwrite_results true) to replace it")
@@ -59,8 +65,7 @@ def write_json_atomic(path: str | os.PathLike[str], document: Any, overwrite: bo
     handle, temporary = tempfile.mkstemp(dir=target.parent, prefix=f".{target.name}.", suffix=".tmp")
     try:
         with os.fdopen(handle, "w", encoding="utf-8") as stream:
-            json.dump(_clean(document), stream, indent=1, allow_nan=False)
-            stream.write("\n")
+            stream.write(text)
             stream.flush()
             os.fsync(stream.fileno())
         os.replace(temporary, target)

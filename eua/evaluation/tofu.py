@@ -33,6 +33,12 @@ HEADLINE = (
     ("privleak", "privleak"),
     ("energy AUROC", "energy_auroc"),
 )
+# Shown when a row has them: refusal rates of the calibrated energy guard (``eua calibrate``).
+REFUSAL_COLUMNS = (
+    ("forget refused", "refusal/forget"),
+    ("paraphrased forget refused", "refusal/forget_paraphrased"),
+    ("retain false refusal", "refusal/retain"),
+)
 
 
 @dataclass
@@ -146,11 +152,14 @@ def aggregate(per_set: dict[str, dict[str, np.ndarray]], retain: RetainReference
 
 def format_table(rows: dict[str, dict[str, Any]]) -> str:
     """Render ``{run name: aggregates}`` as a Markdown table of the headline metrics."""
-    header = "| model | " + " | ".join(label for label, _ in HEADLINE) + " |"
-    lines = [header, "|" + "---|" * (len(HEADLINE) + 1)]
+    columns = HEADLINE
+    if any(key in values for values in rows.values() for _, key in REFUSAL_COLUMNS):
+        columns += REFUSAL_COLUMNS
+    header = "| model | " + " | ".join(label for label, _ in columns) + " |"
+    lines = [header, "|" + "---|" * (len(columns) + 1)]
     for run, values in rows.items():
         cells = []
-        for _, key in HEADLINE:
+        for _, key in columns:
             value = values.get(key)
             if value is None or (isinstance(value, float) and np.isnan(value)):
                 cells.append("n/a")

@@ -55,6 +55,7 @@ def run_calibration(
     max_new_tokens: int = 64,
     batch_size: int = 32,
     seed: int = 0,
+    eval_limit: int | None = None,
 ) -> dict[str, Any]:
     """Fit, save and evaluate a refusal threshold; return ``{"threshold": ..., "report": ...}``.
 
@@ -77,6 +78,7 @@ def run_calibration(
         max_new_tokens: answer length of the evaluation.
         batch_size: questions per ``generate`` call.
         seed: seed of the ``retain_split`` partition.
+        eval_limit: evaluate only the first N questions of each set (the calibration set is whole).
     """
     torch.manual_seed(seed)
     spec = lm if lm.data_dir is not None else ModelSpec(**{**vars(lm), "data_dir": data_dir})
@@ -84,7 +86,7 @@ def run_calibration(
     model = load_model(spec).eval()
 
     calibration, sets = tofu_question_sets(
-        data_dir, forget_split, retain_authors, calibration_set, calibration_fraction, seed
+        data_dir, forget_split, retain_authors, calibration_set, calibration_fraction, seed, eval_limit
     )
     if method == "conformal" and len(calibration) < min_calibration_size(alpha):
         raise CalibrationError(

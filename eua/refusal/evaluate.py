@@ -43,6 +43,7 @@ def tofu_question_sets(
     calibration_set: str,
     calibration_fraction: float = 0.5,
     seed: int = 0,
+    eval_limit: int | None = None,
 ) -> tuple[list[str], dict[str, QuestionSet]]:
     """Return the calibration questions and the evaluation sets for one TOFU configuration.
 
@@ -54,7 +55,12 @@ def tofu_question_sets(
     - ``retain_split``: the original questions of a seeded ``calibration_fraction`` of the rows.
       The evaluation ``retain`` set is the other rows, so the two sets are disjoint and
       exchangeable, as the split-conformal guarantee assumes.
+
+    ``eval_limit`` keeps the first N questions of each evaluation set (for quick checks); the
+    calibration questions are never cut.
     """
+    if eval_limit is not None and eval_limit < 1:
+        raise ValueError(f"eval_limit must be at least 1 or null, got {eval_limit}")
     data = TOFUDataModule(data_dir=data_dir, forget_split=forget_split, retain_authors=retain_authors)
     retain = data.eval_rows("retain")
     forget = data.eval_rows("forget")
@@ -84,6 +90,8 @@ def tofu_question_sets(
         "world_facts": _plain_set(data.eval_rows("world_facts")),
         "holdout": _plain_set(holdout),
     }
+    if eval_limit is not None:
+        sets = {name: QuestionSet(qs.questions[:eval_limit], qs.answers[:eval_limit]) for name, qs in sets.items()}
     return calibration, sets
 
 

@@ -16,7 +16,6 @@ from eua.evaluation.results import (
     from_open_unlearning,
     read_results,
     read_retain_reference,
-    to_open_unlearning,
     write_results,
 )
 from eua.evaluation.tofu import RetainReference, aggregate, per_item_table

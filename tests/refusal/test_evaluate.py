@@ -32,6 +32,22 @@ def test_split_calibration_set_is_disjoint(tofu_dir) -> None:
     assert calibration == again
 
 
+def test_eval_limit_cuts_evaluation_sets_only(tofu_dir) -> None:
+    whole_calibration, whole = tofu_question_sets(str(tofu_dir), "forget01", 2, "retain_paraphrased")
+    calibration, sets = tofu_question_sets(str(tofu_dir), "forget01", 2, "retain_paraphrased", eval_limit=5)
+
+    assert calibration == whole_calibration
+    assert len(calibration) == 40
+    for name, question_set in sets.items():
+        assert question_set.questions == whole[name].questions[:5], name
+        assert question_set.answers == whole[name].answers[:5], name
+
+
+def test_eval_limit_below_one_rejected(tofu_dir) -> None:
+    with pytest.raises(ValueError, match="eval_limit must be at least 1"):
+        tofu_question_sets(str(tofu_dir), "forget01", 1, "retain_paraphrased", eval_limit=0)
+
+
 def test_unknown_calibration_set_rejected(tofu_dir) -> None:
     with pytest.raises(ValueError, match="calibration_set"):
         tofu_question_sets(str(tofu_dir), "forget01", 1, "retain_all")

@@ -11,7 +11,7 @@ import pytest
 
 import eua
 from eua.cli import build_cli, configure_environment
-from eua.evaluation.results import write_json_atomic
+from eua.evaluation.results import write_json_atomic, write_text_atomic
 from eua.models import loading
 from eua.models.loading import ModelSpec
 
@@ -92,6 +92,20 @@ def test_failed_write_keeps_old_file(tmp_path: Path) -> None:
         write_json_atomic(path, {"run": 2, "bad": object()}, overwrite=True)
     assert json.loads(path.read_text()) == {"run": 1}
     assert sorted(p.name for p in tmp_path.iterdir()) == ["results.json"], "a temporary file was left behind"
+
+
+def test_interrupted_text_write_keeps_old_file(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    path = tmp_path / "summary.md"
+    write_text_atomic(path, "old table\n")
+
+    def interrupted(source, destination):
+        raise KeyboardInterrupt
+
+    monkeypatch.setattr("eua.evaluation.results.os.replace", interrupted)
+    with pytest.raises(KeyboardInterrupt):
+        write_text_atomic(path, "new table\n", overwrite=True)
+    assert path.read_text() == "old table\n"
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["summary.md"], "a temporary file was left behind"
 
 
 @pytest.mark.parametrize(
