@@ -1,16 +1,17 @@
 """``eua pipeline``: target, retain model, unlearning methods and their evaluation, in one command.
 
-Stages, each a plain ``eua fit`` or ``eua test`` run of the named config files:
+Stages, each a plain ``eua fit``, ``eua test`` or ``eua calibrate`` run of the named config files:
 
 1. finetune the target model on forget + retain rows (``work_dir/target``);
 2. finetune the retain model on the retain rows only (``work_dir/retain``);
 3. evaluate the retain model, then the target against it (forget quality needs the retain log);
-4. unlearn the target with each method, then evaluate it;
-5. with ``calibrate_config``, fit each model's refusal threshold and report its refusal rates
-   (an ``eua calibrate`` run); the table then gains refusal columns.
+4. unlearn the target with each method, then evaluate it.
 
-A stage whose output already exists (a saved model folder, a results file) is reused, unless
-``force`` is set. The summary table goes to stdout and to ``work_dir/summary.md``.
+With ``calibrate_config``, each model's refusal threshold is fitted and its refusal rates reported
+right after its evaluation, and the table gains refusal columns.
+
+A stage whose output already exists (a saved model folder, a results file, a refusal report) is
+reused, unless ``force`` is set. The summary table goes to stdout and to ``work_dir/summary.md``.
 """
 
 from __future__ import annotations
@@ -22,9 +23,9 @@ from pathlib import Path
 
 from jsonargparse import auto_cli
 
-from eua.evaluation.results import read_json_file, read_results, write_json_atomic, write_text_atomic
+from eua.evaluation.results import ResultsError, read_json_file, read_results, write_json_atomic, write_text_atomic
 from eua.evaluation.tofu import format_table
-from eua.refusal.calibrate import REPORT_FILE
+from eua.refusal.calibrate import REPORT_FILE, THRESHOLD_FILE
 
 log = logging.getLogger(__name__)
 
@@ -35,10 +36,12 @@ def _run_cli(arguments: list[str]) -> None:
     from eua.cli import build_cli
 
     log.info("eua %s", " ".join(arguments))
-    # LightningCLI warns when it gets ``args`` while sys.argv contains other arguments (the pipeline's own).
-    own_arguments, sys.argv = sys.argv, sys.argv[:1]
+    # The stage reads its arguments from sys.argv: Lightning's DDP launcher starts the other ranks
+    # with sys.argv, so they must run this stage (eua fit ...), not the whole pipeline again.
+    own_arguments = sys.argv
+    sys.argv = [own_arguments[0], *arguments]
     try:
-        build_cli(arguments)
+        build_cli()
     finally:
         sys.argv = own_arguments
 
@@ -54,9 +57,17 @@ def _table_row(folder: Path) -> dict:
     """Return a model's aggregates, plus ``refusal/<set>`` rates when its refusal report exists."""
     row = dict(read_results(folder / "results.json")["aggregate"])
     report = folder / REPORT_FILE
-    if report.is_file():
-        sets = read_json_file(report).get("sets", {})
-        row.update({f"refusal/{name}": entry["refusal_rate"] for name, entry in sets.items()})
+    if not report.is_file():
+        return row
+
+    sets = read_json_file(report, ResultsError)
+    sets = sets.get("sets") if isinstance(sets, dict) else None
+    if not isinstance(sets, dict) or not all(isinstance(entry, dict) and "refusal_rate" in entry for entry in sets.values()):
+        raise ResultsError(
+            f"{report}: expected an object 'sets' with a 'refusal_rate' per set; delete the file or "
+            f"pass --force true to rerun eua calibrate"
+        )
+    row.update({f"refusal/{name}": entry["refusal_rate"] for name, entry in sets.items()})
     return row
 
 
@@ -87,7 +98,9 @@ def run_pipeline(
         finetune_config: config of the target and retain finetuning runs.
         evaluate_config: config of the evaluation runs.
         methods: ``{name: unlearning config}``; defaults to EUA and GradDiff.
-        overrides: extra command-line arguments for every stage, e.g. ``["--data.forget_split", "forget05"]``.
+        overrides: extra command-line arguments for every fit and test stage, e.g.
+            ``["--data.forget_split", "forget05"]``. Calibration has its own argument names, so
+            repeat data settings such as ``--forget_split`` in ``calibrate_overrides``.
         finetune_overrides: extra arguments of the target and retain finetuning runs only, after ``overrides``.
         unlearn_overrides: extra arguments of every unlearning run only, e.g. ``["--model.learning_rate", "1e-5"]``.
         evaluate_overrides: extra arguments of every evaluation run only.
@@ -152,8 +165,10 @@ def run_pipeline(
             return
         started = time.perf_counter()
         data = [] if data_dir is None else ["--data_dir", data_dir]
+        # The output paths come last, so that the reuse check above finds this model's report.
         _run_calibrate(
-            ["--config", calibrate_config, *data, *(calibrate_overrides or []), "--lm.name_or_path", str(work / name)]
+            ["--config", calibrate_config, *data, *(calibrate_overrides or []), "--lm.name_or_path", str(work / name),
+             "--evaluate", "true", "--output", str(work / name / THRESHOLD_FILE), "--report", str(report)]
         )
         wall_times[f"calibrate {name}"] = time.perf_counter() - started
 

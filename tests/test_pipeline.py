@@ -144,7 +144,9 @@ def test_calibrate_stage_adds_refusal_columns(tmp_path, monkeypatch, capsys):
     calibrated: list[str] = []
 
     def fake_calibrate(arguments: list[str]) -> None:
-        model = Path(dict(zip(arguments, arguments[1:]))["--lm.name_or_path"])
+        value = dict(zip(arguments, arguments[1:]))
+        model = Path(value["--lm.name_or_path"])
+        assert value["--report"] == str(model / "refusal_report.json")
         calibrated.append(model.name)
         rate = 1.0 if model.name == "eua" else 0.0
         sets = {"forget": {"refusal_rate": rate}, "forget_paraphrased": {"refusal_rate": rate}, "retain": {"refusal_rate": 0.025}}
@@ -173,3 +175,31 @@ def test_no_reports_no_refusal_columns(tmp_path, monkeypatch):
     run_pipeline(work_dir=str(tmp_path / "work"), methods={"eua": "eua.yaml"})
 
     assert "refused" not in (tmp_path / "work" / "summary.md").read_text()
+
+
+def test_stage_sees_its_arguments_in_sys_argv(monkeypatch):
+    """Lightning's DDP launcher restarts the other ranks from sys.argv: they must rerun the stage."""
+    import sys
+
+    from eua.pipeline import _run_cli
+
+    seen = []
+    monkeypatch.setattr("eua.cli.build_cli", lambda: seen.append(list(sys.argv)))
+    monkeypatch.setattr(sys, "argv", ["/bin/eua", "pipeline", "--config", "pipeline.yaml"])
+
+    _run_cli(["fit", "--config", "eua.yaml"])
+
+    assert seen == [["/bin/eua", "fit", "--config", "eua.yaml"]]
+    assert sys.argv == ["/bin/eua", "pipeline", "--config", "pipeline.yaml"]
+
+
+@pytest.mark.parametrize("report", ['{"threshold": 1.0}', '[1, 2]', '{"sets": {"forget": {"n": 40}}}'])
+def test_malformed_refusal_report_rejected(report, tmp_path, monkeypatch):
+    from eua.evaluation.results import ResultsError
+
+    monkeypatch.setattr("eua.pipeline._run_cli", _write_stage_outputs)
+    run_pipeline(work_dir=str(tmp_path / "work"), methods={})
+    (tmp_path / "work" / "target" / "refusal_report.json").write_text(report)
+
+    with pytest.raises(ResultsError, match=r"target/refusal_report\.json: expected an object 'sets'.*--force true"):
+        run_pipeline(work_dir=str(tmp_path / "work"), methods={})
