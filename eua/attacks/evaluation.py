@@ -93,6 +93,16 @@ def read_threshold(threshold: float | str | None) -> float | None:
     value = document.get("threshold") if isinstance(document, dict) else None
     if not isinstance(value, (int, float)) or isinstance(value, bool) or not math.isfinite(value):
         raise ValueError(f"{path} needs a finite number under the key \"threshold\", got {value!r}")
+
+    # A file from eua calibrate names its score. The attack scores the energy at the last prompt
+    # token, so a threshold on another score would give a meaningless refusal rate.
+    score = document.get("score")
+    kind = score.get("kind") if isinstance(score, dict) else None
+    if kind not in (None, "prompt"):
+        raise ValueError(
+            f"{path} was calibrated on the {kind!r} score, but the attack scores the energy at the last "
+            f"prompt token; calibrate with --score.kind prompt, or pass the threshold as a number"
+        )
     return float(value)
 
 
@@ -114,9 +124,10 @@ def read_retain_truth_ratios(path: str, forget_size: int) -> dict[int, float]:
 
 
 def refusal_rate(energies: np.ndarray, threshold: float | None) -> float | None:
-    """Share of queries whose last-prompt-token energy exceeds ``threshold``."""
-    # TODO: once eua.refusal.RefusalGuard exists, take the threshold and the refusal rule from it
-    # so that this rate matches what the guard does at inference.
+    """Return the share of queries whose last-prompt-token energy exceeds ``threshold``.
+
+    This is the rule of ``RefusalGuard`` with a ``prompt`` score: it refuses when energy > threshold.
+    """
     if threshold is None or energies.size == 0:
         return None
     return float(np.mean(energies > threshold))

@@ -191,6 +191,17 @@ def test_threshold_from_number_or_file(tmp_path: Path) -> None:
         read_threshold(str(tmp_path / "missing.json"))
 
 
+def test_threshold_file_of_other_score_rejected(tmp_path: Path) -> None:
+    prompt = tmp_path / "prompt.json"
+    prompt.write_text(json.dumps({"threshold": -18.2, "score": {"kind": "prompt", "k": 8}}))
+    assert read_threshold(str(prompt)) == -18.2
+
+    generated = tmp_path / "generated.json"
+    generated.write_text(json.dumps({"threshold": -18.2, "score": {"kind": "generated", "k": 8}}))
+    with pytest.raises(ValueError, match=r"generated\.json was calibrated on the 'generated' score.*--score\.kind prompt"):
+        read_threshold(str(generated))
+
+
 def test_retain_results_without_forget_set_fails(tmp_path: Path) -> None:
     results = tmp_path / "results.json"
     results.write_text(json.dumps({"aggregate": {}, "per_item": {"retain": {}}}))
