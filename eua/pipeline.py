@@ -60,13 +60,15 @@ def _table_row(folder: Path) -> dict:
     if not report.is_file():
         return row
 
-    sets = read_json_file(report, ResultsError)
-    sets = sets.get("sets") if isinstance(sets, dict) else None
-    if not isinstance(sets, dict) or not all(isinstance(entry, dict) and "refusal_rate" in entry for entry in sets.values()):
+    document = read_json_file(report, ResultsError)
+    sets = document.get("sets") if isinstance(document, dict) else None
+    valid = isinstance(sets, dict) and all(isinstance(entry, dict) and "refusal_rate" in entry for entry in sets.values())
+    if not valid:
         raise ResultsError(
             f"{report}: expected an object 'sets' with a 'refusal_rate' per set; delete the file or "
             f"pass --force true to rerun eua calibrate"
         )
+
     row.update({f"refusal/{name}": entry["refusal_rate"] for name, entry in sets.items()})
     return row
 

@@ -177,7 +177,7 @@ def test_no_reports_no_refusal_columns(tmp_path, monkeypatch):
     assert "refused" not in (tmp_path / "work" / "summary.md").read_text()
 
 
-def test_stage_sees_its_arguments_in_sys_argv(monkeypatch):
+def test_stage_runs_from_sys_argv(monkeypatch):
     """Lightning's DDP launcher restarts the other ranks from sys.argv: they must rerun the stage."""
     import sys
 
